@@ -1,0 +1,239 @@
+"""The Qwen2 decoder (DeepSeek-R1-Distill-Qwen-1.5B, OpenMath-Nemotron-1.5B) in Flax NNX.
+
+One forward serves training and decoding:
+
+* training: ``model(tokens, positions, mask)`` over whole left-padded sequences;
+* decoding: ``model(tokens, positions, mask, cache)`` writes the new keys/values at ``cache.index``
+  and attends over every valid cache slot up to the query's own slot.
+
+Shapes use: B batch, T query length, S key length, D hidden, N query heads, K KV heads,
+G = N // K query heads per KV head, H head dim, F MLP hidden, V vocabulary, L layers.
+
+Parameters are stored in ``param_dtype`` (fp32 master weights) and cast to ``compute_dtype`` where
+they are used. Every parameter carries ``logical_axes`` metadata, turned into mesh shardings by
+:mod:`justrl_jax.sharding`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from justrl_jax.kv_cache import KVCache
+from justrl_jax.rope import apply_rope, rope_tables
+
+_MASKED = -1e30  # finite, so a fully masked (padding) query row gives a harmless uniform average
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    """Architecture of a Qwen2 decoder. The defaults are DeepSeek-R1-Distill-Qwen-1.5B."""
+
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960
+    num_layers: int = 28
+    num_heads: int = 12
+    num_kv_heads: int = 2
+    head_dim: int = 128
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 131072
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"model.head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"model.rope_theta must be > 0, got {self.rope_theta}")
+
+    def num_params(self) -> int:
+        """Exact parameter count (what HF's ``num_parameters()`` reports)."""
+        d, f, n, k, h, v = (self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads,
+                            self.head_dim, self.vocab_size)
+        attn = d * n * h + n * h + 2 * (d * k * h + k * h) + n * h * d
+        layer = attn + 3 * d * f + 2 * d
+        embed = v * d * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * layer + embed + d
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float = 0.02) -> nnx.Param:
+    return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * scale, logical_axes=axes)
+
+
+def _ones(shape, axes, dtype) -> nnx.Param:
+    return nnx.Param(jnp.ones(shape, dtype), logical_axes=axes)
+
+
+def _zeros(shape, axes, dtype) -> nnx.Param:
+    return nnx.Param(jnp.zeros(shape, dtype), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.scale = _ones((dim,), ("norm",), param_dtype)
+        self.eps = eps
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        # As HF: normalise in fp32, cast back, then scale in the input dtype.
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs, param_dtype, compute_dtype):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_kernel = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), param_dtype)
+        self.q_bias = _zeros((n, h), ("heads", "head_dim"), param_dtype)
+        self.k_kernel = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.k_bias = _zeros((k, h), ("kv_heads", "head_dim"), param_dtype)
+        self.v_kernel = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.v_bias = _zeros((k, h), ("kv_heads", "head_dim"), param_dtype)
+        self.o_kernel = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), param_dtype)
+        self.num_kv_heads = k
+        self.head_dim = h
+        self.rope_theta = cfg.rope_theta
+        self.compute_dtype = compute_dtype
+
+    def _project(self, x, kernel, bias):
+        dt = self.compute_dtype
+        return jnp.einsum("BTD,DNH->BTNH", x, kernel[...].astype(dt)) + bias[...].astype(dt)
+
+    def __call__(self, x, positions, mask, cache: KVCache | None, layer: int):
+        """x [B,T,D]; positions [B,T]; mask [B,T] (valid tokens) -> ([B,T,D], cache)."""
+        b, t, _ = x.shape
+        q = self._project(x, self.q_kernel, self.q_bias)  # [B,T,N,H]
+        k = self._project(x, self.k_kernel, self.k_bias)  # [B,T,K,H]
+        v = self._project(x, self.v_kernel, self.v_bias)  # [B,T,K,H]
+        cos, sin = rope_tables(positions, self.head_dim, self.rope_theta)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if cache is None:
+            keys, values, key_valid = k, v, mask  # [B,S=T,K,H], [B,S]
+            query_slot = jnp.arange(t)
+        else:
+            start = cache.index
+            cache = cache.replace(
+                k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), (layer, 0, start, 0, 0)),
+                v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), (layer, 0, start, 0, 0)),
+            )
+            keys, values = cache.k[layer].astype(q.dtype), cache.v[layer].astype(q.dtype)
+            key_valid = jax.lax.dynamic_update_slice(cache.mask, mask, (0, start))
+            query_slot = start + jnp.arange(t)
+        key_slot = jnp.arange(keys.shape[1])
+        allowed = (key_slot[None, :] <= query_slot[:, None])[None] & key_valid[:, None, :]  # [B,T,S]
+
+        g = q.shape[2] // self.num_kv_heads
+        q = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)  # [B,T,K,G,H]
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys, preferred_element_type=jnp.float32)
+        scores = scores * (self.head_dim ** -0.5)
+        scores = jnp.where(allowed[:, None, None], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values).reshape(b, t, -1, self.head_dim)
+        return jnp.einsum("BTNH,NHD->BTD", out, self.o_kernel[...].astype(out.dtype)), cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs, param_dtype, compute_dtype):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_kernel = _param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+        self.up_kernel = _param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+        self.down_kernel = _param(rngs, (f, d), ("mlp", "embed"), param_dtype)
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, x):
+        dt = self.compute_dtype
+        gate = jnp.einsum("BTD,DF->BTF", x, self.gate_kernel[...].astype(dt))
+        up = jnp.einsum("BTD,DF->BTF", x, self.up_kernel[...].astype(dt))
+        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...].astype(dt))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs, param_dtype, compute_dtype):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+        self.attn = Attention(cfg, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+        self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
+
+    def __call__(self, x, positions, mask, cache, layer: int):
+        h, cache = self.attn(self.input_norm(x), positions, mask, cache, layer)
+        x = x + h
+        return x + self.mlp(self.post_attn_norm(x)), cache
+
+
+def _layer_forward(layer: DecoderLayer, x, positions, mask):
+    return layer(x, positions, mask, None, 0)[0]
+
+
+class Qwen2(nnx.Module):
+    """Qwen2 decoder returning final-norm hidden states; :meth:`unembed` gives the output matrix.
+
+    Example::
+
+        model = Qwen2(Qwen2Config(...), rngs=nnx.Rngs(0))
+        hidden, _ = model(tokens, positions, mask)           # [B, T, D]
+        logits = model.logits(hidden)                        # [B, T, V] float32
+    """
+
+    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 compute_dtype=jnp.float32, remat: bool = False):
+        self.config = config
+        self.compute_dtype = compute_dtype
+        self.remat = remat
+        self.embedding = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
+        self.layers = nnx.List([
+            DecoderLayer(config, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
+            for _ in range(config.num_layers)
+        ])
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
+        if not config.tie_word_embeddings:
+            self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)
+
+    def __call__(self, tokens, positions, mask, cache: KVCache | None = None):
+        """tokens, positions [B,T] int; mask [B,T] bool -> (hidden [B,T,D], updated cache or None)."""
+        x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.compute_dtype)  # [B,T,D]
+        mask = mask.astype(bool)
+        if cache is None and self.remat:
+            # Rematerialise each layer: keep only layer inputs for the backward pass.
+            forward = nnx.remat(_layer_forward)
+            for layer in self.layers:
+                x = forward(layer, x, positions, mask)
+        else:
+            for i, layer in enumerate(self.layers):
+                x, cache = layer(x, positions, mask, cache, i)
+        if cache is not None:
+            t = tokens.shape[1]
+            cache = cache.replace(
+                mask=jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index)),
+                index=cache.index + t,
+            )
+        return self.final_norm(x), cache
+
+    def unembed(self) -> jnp.ndarray:
+        """The [D, V] output matrix in the compute dtype (the embedding, transposed, when tied)."""
+        w = self.embedding[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+        return w.astype(self.compute_dtype)
+
+    def logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
+        return jnp.einsum("BTD,DV->BTV", hidden, self.unembed(), preferred_element_type=jnp.float32)
+
+    def init_cache(self, batch: int, slots: int, dtype=None) -> KVCache:
+        c = self.config
+        return KVCache.zeros(c.num_layers, batch, slots, c.num_kv_heads, c.head_dim, dtype or self.compute_dtype)
+
+
+def positions_from_mask(mask: jnp.ndarray) -> jnp.ndarray:
+    """Positions for a left-padded batch: 0 at the first real token, counting up; pads get 0."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
