@@ -1,0 +1,178 @@
+"""Bytes per device before anything compiles: parameters, optimizer, gradients, KV cache, activations.
+
+Parameter, gradient and optimizer bytes are exact: they come from the model's own parameter
+shapes and the same logical-axis rules the run shards them with (a dimension a mesh axis does
+not divide is replicated, e.g. 2 KV heads over tensor=4). Activations are an estimate of the
+peak of one training micro-batch with per-layer rematerialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from flax import nnx
+
+from justrl_jax.params import abstract_model
+from justrl_jax.qwen2 import Qwen2Config
+from justrl_jax.sharding import MeshConfig, logical_spec
+
+GIB = 1 << 30
+
+# Usable accelerator memory per device (bytes) by name.
+DEVICE_MEMORY: dict[str, int] = {
+    "tpu-v4": 32 * GIB,
+    "tpu-v5e": 16 * GIB,
+    "tpu-v5p": 95 * GIB,
+    "tpu-v6e": 32 * GIB,
+    "h100": 80 * 10**9,
+    "h200": 141 * 10**9,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _MeshShape:
+    """Just enough of a Mesh (``.shape``) for ``logical_spec`` without devices."""
+
+    shape: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanInputs:
+    """The workload: JustRL's defaults are 256 prompts x 8 samples, 1,024 + 15,360 tokens."""
+
+    rollout_sequences: int = 2048  # prompts x samples generated per step
+    prompt_tokens: int = 1024
+    max_new_tokens: int = 15360
+    micro_batch_sequences: int = 1  # sequences per device per micro-batch in the update
+    kv_cache_bytes_per_value: int = 2  # bf16 cache
+    compute_bytes: int = 2  # bf16 activations
+    param_bytes: int = 4  # fp32 master weights
+    logp_chunk_tokens: int = 1024  # sequence chunk for logprobs/entropy
+    sampler_waves: int = 0  # generation split into this many waves; 0 = as few as fit the device
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            minimum = 0 if f.name == "sampler_waves" else 1
+            if getattr(self, f.name) < minimum:
+                raise ValueError(f"plan.{f.name} must be >= {minimum}, got {getattr(self, f.name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    params_per_device: int
+    grads_per_device: int
+    optimizer_per_device: int
+    kv_cache_per_device: int
+    sampler_waves: int
+    activations_per_device: int
+    total_params: int
+    device_memory: int | None
+
+    @property
+    def training_peak(self) -> int:
+        return self.params_per_device + self.grads_per_device + self.optimizer_per_device + self.activations_per_device
+
+    @property
+    def generation_peak(self) -> int:
+        return self.params_per_device + self.optimizer_per_device + self.kv_cache_per_device
+
+    @property
+    def peak(self) -> int:
+        return max(self.training_peak, self.generation_peak)
+
+    def fits(self) -> bool:
+        return self.device_memory is None or self.peak <= self.device_memory
+
+    def table(self) -> str:
+        rows = [
+            ("parameters (fp32)", self.params_per_device),
+            ("gradients (fp32)", self.grads_per_device),
+            ("AdamW moments (2 x fp32)", self.optimizer_per_device),
+            (f"KV cache (generation, {self.sampler_waves} wave(s))", self.kv_cache_per_device),
+            ("activations (one micro-batch)", self.activations_per_device),
+            ("peak, training", self.training_peak),
+            ("peak, generation", self.generation_peak),
+        ]
+        lines = [f"model parameters: {self.total_params:,}"]
+        lines += [f"{name:<32}{value / GIB:>10.2f} GiB" for name, value in rows]
+        if self.device_memory is not None:
+            verdict = "fits" if self.fits() else "DOES NOT FIT"
+            lines.append(f"{'device memory':<32}{self.device_memory / GIB:>10.2f} GiB  -> {verdict}")
+        return "\n".join(lines)
+
+
+def sharded_param_bytes(config: Qwen2Config, mesh: MeshConfig, num_devices: int, bytes_per_value: int) -> tuple[int, int]:
+    """(bytes of parameters on one device, total parameter count), exactly, from the real shapes."""
+    fsdp, tensor = mesh.resolve(num_devices)
+    shape = _MeshShape({"fsdp": fsdp, "tensor": tensor})
+    state = nnx.state(abstract_model(config), nnx.Param)
+    per_device = 0
+    total = 0
+    for _, variable in nnx.to_flat_state(state):
+        value = variable.get_value()
+        axes = variable.get_metadata().get("logical_axes")
+        spec = logical_spec(axes, shape, value.shape) if axes else ()
+        local = 1
+        for dim, axis in zip(value.shape, tuple(spec) + (None,) * (len(value.shape) - len(spec)), strict=True):
+            local *= dim // (shape.shape[axis] if axis else 1)
+        per_device += local * bytes_per_value
+        total += math.prod(value.shape)
+    return per_device, total
+
+
+def plan_memory(config: Qwen2Config, mesh: MeshConfig, num_devices: int, inputs: PlanInputs = PlanInputs(),
+                device: str | None = None) -> MemoryPlan:
+    if device is not None and device not in DEVICE_MEMORY:
+        raise ValueError(f"unknown device {device!r}; choose one of {sorted(DEVICE_MEMORY)}")
+    fsdp, tensor = mesh.resolve(num_devices)
+    params, total = sharded_param_bytes(config, mesh, num_devices, inputs.param_bytes)
+    fp32_params = params // inputs.param_bytes * 4
+
+    # KV cache: sequences split over fsdp; KV heads over tensor only when divisible.
+    kv_heads = config.num_kv_heads // tensor if config.num_kv_heads % tensor == 0 else config.num_kv_heads
+    slots = inputs.prompt_tokens + inputs.max_new_tokens
+    per_seq = 2 * config.num_layers * slots * kv_heads * config.head_dim * inputs.kv_cache_bytes_per_value
+    seqs_total = math.ceil(inputs.rollout_sequences / fsdp)
+    waves = inputs.sampler_waves
+    if waves == 0:
+        waves = 1
+        if device is not None:  # as few waves as leave the cache room beside params and optimizer
+            room = DEVICE_MEMORY[device] - 4 * fp32_params
+            waves = max(1, math.ceil(seqs_total * per_seq / room)) if room > per_seq else seqs_total
+    kv = math.ceil(seqs_total / waves) * per_seq
+
+    # Activations of one micro-batch: remat keeps each layer's input; one layer is live at a time
+    # (its MLP hidden and attention probabilities dominate), plus one chunk of fp32 logits.
+    t = inputs.micro_batch_sequences * slots
+    heads = config.num_heads // tensor if config.num_heads % tensor == 0 else config.num_heads
+    mlp = config.intermediate_size // tensor if config.intermediate_size % tensor == 0 else config.intermediate_size
+    saved = config.num_layers * t * config.hidden_size * inputs.compute_bytes
+    layer = t * (4 * config.hidden_size + 3 * mlp) * inputs.compute_bytes
+    attention = inputs.micro_batch_sequences * heads * slots * slots * 4  # fp32 scores
+    vocab = config.vocab_size // tensor if config.vocab_size % tensor == 0 else config.vocab_size
+    logits = inputs.micro_batch_sequences * inputs.logp_chunk_tokens * vocab * 4 * 3
+    activations = saved + layer + attention + logits
+    return MemoryPlan(
+        params_per_device=params,
+        grads_per_device=fp32_params,
+        optimizer_per_device=2 * fp32_params,
+        kv_cache_per_device=kv,
+        sampler_waves=waves,
+        activations_per_device=activations,
+        total_params=total,
+        device_memory=DEVICE_MEMORY.get(device) if device else None,
+    )
+
+
+def advice(plan: MemoryPlan, inputs: PlanInputs, mesh: MeshConfig) -> str:
+    """What to change when the plan does not fit, largest item first."""
+    items = {
+        "the KV cache: lower rollout.max_new_tokens or the rollout batch, or use more fsdp devices":
+            plan.kv_cache_per_device,
+        "activations: lower train.micro_batch_size or the maximum lengths": plan.activations_per_device,
+        "parameters/optimizer state: shard over more devices (a larger --mesh)":
+            plan.params_per_device + plan.grads_per_device + plan.optimizer_per_device,
+    }
+    ranked = sorted(items.items(), key=lambda kv: -kv[1])
+    return "; ".join(f"{name} ({value / GIB:.1f} GiB)" for name, value in ranked)

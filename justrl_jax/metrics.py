@@ -1,0 +1,106 @@
+"""Run metrics: one JSONL line per step, TensorBoard scalars, and a one-line progress display.
+
+Only the writer on process 0 writes (multi-host runs create it with ``enabled=False`` elsewhere).
+A resumed run truncates the JSONL to the steps before the resume point, so the file always reads
+as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+# The columns of the progress line: (metric key, label, format).
+_PROGRESS = (
+    ("reward/mean", "reward", "{:+.3f}"),
+    ("reward/accuracy", "acc", "{:.3f}"),
+    ("response/length_mean", "len", "{:.0f}"),
+    ("actor/entropy", "entropy", "{:.3f}"),
+    ("time/step_s", "step_s", "{:.1f}"),
+)
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/Inf; keep them visible
+    return value
+
+
+class MetricsWriter:
+    """Appends ``{"step": n, ...}`` lines to ``run_dir/metrics.jsonl`` and mirrors them to TensorBoard."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 stream: IO[str] | None = None, resume_step: int | None = None):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.stream = stream if stream is not None else sys.stderr
+        self._tb = None
+        self._started = time.time()
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(resume_step)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+
+    def _truncate_after(self, resume_step: int | None) -> None:
+        """Drops lines with step >= resume_step (written after the checkpoint we resume from)."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if resume_step is None or record.get("step", -1) < resume_step:
+                keep.append(line)
+        self.path.write_text("".join(f"{line}\n" for line in keep))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _plain(v) for k, v in sorted(metrics.items())}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+
+    def progress(self, step: int, total: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        parts = [f"step {step}/{total}"]
+        for key, label, fmt in _PROGRESS:
+            if key in metrics:
+                parts.append(f"{label} {fmt.format(float(_plain(metrics[key])))}")
+        parts.append(f"elapsed {time.time() - self._started:.0f}s")
+        print(" | ".join(parts), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a justrl_jax run directory?")
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

@@ -1,0 +1,97 @@
+"""Where a model comes from: an HF directory or hub id, a run directory, or one checkpoint step.
+
+Every command that names a model (``train`` starting weights, ``generate --model``,
+``evaluate --model``, ``convert``) resolves it here, so all of them accept the same three forms:
+
+* ``/models/DeepSeek-R1-Distill-Qwen-1.5B`` or ``deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B`` (HF);
+* ``runs/deepseek`` (a run directory: its newest complete checkpoint);
+* ``runs/deepseek/checkpoints/1200`` (that step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from justrl_jax.checkpoint import checkpoint_dir, read_meta, restore_params
+from justrl_jax.hf_io import load_hf_model, resolve_model_dir
+from justrl_jax.params import abstract_model, state_shardings
+from justrl_jax.qwen2 import Qwen2, Qwen2Config
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A loaded model and what is needed to talk to it."""
+
+    model: Qwen2
+    tokenizer_dir: Path  # HF directory holding the tokenizer (and generation_config.json)
+    eos_ids: tuple[int, ...]
+    step: int | None = None  # checkpoint step, when it came from a run
+
+
+def find_checkpoint(name: str | Path) -> Path | None:
+    """The checkpoint step directory ``name`` refers to, or None when it is not a run/checkpoint."""
+    path = Path(name)
+    if (path / "meta" / "metadata").exists() and (path / "params").is_dir():
+        return path
+    ckpts = checkpoint_dir(path)
+    if ckpts.is_dir():
+        # Orbax writes into '<step>.orbax-checkpoint-tmp-*' and renames when complete.
+        steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit() and (p / "meta" / "metadata").exists())
+        if not steps:
+            raise FileNotFoundError(f"run directory {path} has no complete checkpoint yet")
+        return ckpts / str(steps[-1])
+    return None
+
+
+def eos_ids_of(model_dir: Path) -> tuple[int, ...]:
+    """EOS ids from generation_config.json (int or list), else from the tokenizer config."""
+    gen = model_dir / "generation_config.json"
+    if gen.exists():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        if eos is not None:
+            return tuple(eos) if isinstance(eos, list) else (int(eos),)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.eos_token_id is None:
+        raise ValueError(f"{model_dir}: no eos_token_id in generation_config.json or the tokenizer")
+    return (int(tok.eos_token_id),)
+
+
+def load_policy(name: str | Path, mesh: Mesh | None = None, *, param_dtype=jnp.float32,
+                compute_dtype=jnp.float32, remat: bool = False) -> Policy:
+    """Loads ``name`` (HF dir/hub id, run dir or checkpoint step) straight into the sharded layout."""
+    step_dir = find_checkpoint(name)
+    if step_dir is None:
+        model_dir = resolve_model_dir(str(name))
+        model = load_hf_model(str(model_dir), mesh, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                              remat=remat)
+        return Policy(model, model_dir, eos_ids_of(model_dir))
+    meta = read_meta(step_dir)
+    info = meta.get("model")
+    if not info:
+        raise ValueError(f"{step_dir}: checkpoint meta has no 'model' entry")
+    config = Qwen2Config(**info["arch"])
+    abstract = abstract_model(config, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
+    graphdef, state = nnx.split(abstract)
+    params_state = nnx.state(abstract, nnx.Param)
+    if mesh is not None:
+        shardings = state_shardings(params_state, mesh)
+    else:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda v: v.replace(device), params_state,
+                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+    target = jax.tree.map(
+        lambda v, s: jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype, sharding=s.get_value()),
+        params_state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    restored = restore_params(step_dir, nnx.to_pure_dict(target))
+    nnx.replace_by_pure_dict(state, restored)
+    model = nnx.merge(graphdef, state)
+    return Policy(model, Path(info["tokenizer_dir"]), tuple(info["eos_ids"]), int(step_dir.name))

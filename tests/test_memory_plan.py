@@ -1,0 +1,68 @@
+"""The memory plan: exact parameter/optimizer bytes from the real shapes, and refusal when too big."""
+
+import math
+
+import pytest
+import transformers
+
+from justrl_jax.memory_plan import GIB, PlanInputs, plan_memory, sharded_param_bytes
+from justrl_jax.qwen2 import Qwen2Config
+from justrl_jax.sharding import MeshConfig
+
+
+def _hf_param_count(config: Qwen2Config) -> int:
+    """The real architecture's parameter count from transformers' own module, without allocating it."""
+    import torch
+
+    hf = transformers.Qwen2Config(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, tie_word_embeddings=config.tie_word_embeddings)
+    with torch.device("meta"):
+        model = transformers.Qwen2ForCausalLM(hf)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_deepseek_plan_on_4x4_counts_parameters_exactly():
+    config = Qwen2Config()  # DeepSeek-R1-Distill-Qwen-1.5B (untied)
+    real = _hf_param_count(config)
+    assert real == 1_777_088_000
+    plan = plan_memory(config, MeshConfig.parse("4x4"), 16, device="tpu-v5p")
+    assert plan.total_params == real
+    # Exact per-device bytes from the sharding rules: every matrix splits 16 ways except the KV
+    # projections (2 heads cannot split over tensor=4: only over fsdp) and the replicated norms/biases.
+    c = config
+    d, h, n, k, f, v, layers = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size, \
+        c.vocab_size, c.num_layers
+    per_layer = (d * n * h / 16 + n * h / 4 + 2 * (d * k * h / 4 + k * h) + n * h * d / 16 + 3 * d * f / 16 + 2 * d)
+    expected = 4 * (layers * per_layer + 2 * v * d / 16 + d)
+    assert plan.params_per_device == expected
+    assert plan.optimizer_per_device == 2 * expected  # AdamW mu and nu, fp32
+    assert plan.grads_per_device == expected
+    assert plan.fits()
+
+
+def test_plan_refuses_what_cannot_fit():
+    config = Qwen2Config()
+    plan = plan_memory(config, MeshConfig.parse("1x1"), 1, PlanInputs(micro_batch_sequences=8), device="tpu-v5e")
+    assert not plan.fits()
+    assert "DOES NOT FIT" in plan.table()
+
+
+def test_waves_bound_the_kv_cache():
+    config = Qwen2Config()
+    one = plan_memory(config, MeshConfig.parse("4x4"), 16, PlanInputs(sampler_waves=1))
+    eight = plan_memory(config, MeshConfig.parse("4x4"), 16, PlanInputs(sampler_waves=8))
+    assert one.kv_cache_per_device == 8 * eight.kv_cache_per_device
+    auto = plan_memory(config, MeshConfig.parse("4x4"), 16, device="tpu-v5e")
+    assert auto.generation_peak <= 16 * GIB and auto.sampler_waves > 1
+
+
+def test_sharded_bytes_single_device_is_whole_model():
+    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16)
+    per_device, total = sharded_param_bytes(config, MeshConfig(1, 1), 1, 4)
+    assert per_device == 4 * total == 4 * config.num_params()
+    with pytest.raises(ValueError, match="needs 8 devices"):
+        sharded_param_bytes(config, MeshConfig(4, 2), 16, 4)
+    assert math.isclose(sharded_param_bytes(config, MeshConfig(4, 1), 4, 4)[0], 4 * total / 4, rel_tol=0.05)
