@@ -1,0 +1,162 @@
+"""Benchmark: one forward + backward + AdamW update, justrl_jax vs transformers + torch, same weights.
+
+Both sides run the same GRPO token loss (ratio to precomputed old log-probs, clip-higher, dual clip,
+token mean over completion tokens) on the same batch from the same weights, so the first losses printed
+must agree. PyTorch is also timed with plain cross-entropy, for scale. The timed iterations of the three
+variants are interleaved, so load from other processes on a shared machine hits them alike; each
+variant's time is the median of its iterations.
+
+Usage::
+
+    python scripts/bench_train_step.py          # 8 x 256 tokens; vocab 32000, hidden 256, 4 layers, 8/2 heads
+    python scripts/bench_train_step.py --iters 10 --chunk 256 --remat --score-prompt
+
+The last line reads ``ratio <justrl_jax time / pytorch time>`` (same GRPO loss; below 1 is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from justrl_jax.hf_io import load_hf_model
+from justrl_jax.losses import LossConfig
+from justrl_jax.optim import OptimConfig
+from justrl_jax.qwen2 import positions_from_mask
+from justrl_jax.train_step import TrainBatch, TrainConfig, init_train_state, make_train_step
+
+
+def _hf_model(args) -> transformers.Qwen2ForCausalLM:
+    torch.manual_seed(0)  # the same seed every time: identical weights for every variant
+    cfg = transformers.Qwen2Config(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    )
+    return transformers.Qwen2ForCausalLM(cfg).float().train()
+
+
+def _batch(args, rng):
+    n, s = args.batch, args.seq
+    tokens = rng.integers(0, args.vocab, (n, s)).astype(np.int32)
+    attn = np.ones((n, s), bool)
+    loss_mask = np.zeros((n, s), np.float32)
+    loss_mask[:, args.prompt:] = 1.0
+    adv = rng.choice([-1.0, 1.0], n).astype(np.float32)
+    old = rng.uniform(-11.0, -9.0, (n, s)).astype(np.float32)  # ~log(1/32000): ratios near 1
+    return tokens, attn, loss_mask, adv, old
+
+
+class TorchStep:
+    """transformers Qwen2ForCausalLM + torch AdamW + clip_grad_norm_, GRPO token loss or plain CE."""
+
+    def __init__(self, args, optim: OptimConfig, loss: LossConfig, batch, grpo: bool):
+        self.model = _hf_model(args)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=(optim.b1, optim.b2),
+                                     eps=optim.eps, weight_decay=optim.weight_decay)
+        tokens, attn, loss_mask, adv, old = batch
+        self.tokens = torch.as_tensor(tokens, dtype=torch.long)
+        self.attn = torch.as_tensor(attn).long()
+        self.loss_mask, self.adv, self.old = (torch.tensor(x) for x in (loss_mask, adv, old))
+        self.loss, self.grpo, self.clip = loss, grpo, optim.grad_clip
+
+    def __call__(self) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.model(input_ids=self.tokens, attention_mask=self.attn).logits  # [N, S, V] fp32
+        if self.grpo:
+            logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, self.tokens[:, 1:, None])[..., 0]
+            ratio = torch.exp(logp - self.old[:, 1:])
+            a = self.adv[:, None]
+            c = self.loss
+            l1 = torch.maximum(-a * ratio, -a * torch.clamp(ratio, 1 - c.clip_low, 1 + c.clip_high))
+            token_loss = torch.where(a < 0, torch.minimum(l1, -a * c.dual_clip_c), l1)
+            mask = self.loss_mask[:, 1:]
+            loss = (token_loss * mask).sum() / mask.sum()
+        else:
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                     self.tokens[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+        return loss.item()
+
+
+class JaxStep:
+    """justrl_jax's jitted train step (one mini-batch = one optimizer update) on the same weights."""
+
+    def __init__(self, args, optim: OptimConfig, loss: LossConfig, batch):
+        with tempfile.TemporaryDirectory() as tmp:
+            _hf_model(args).save_pretrained(tmp)
+            model = load_hf_model(tmp)  # the very same weights, through the HF importer
+        cfg = TrainConfig(loss=loss, optim=optim, mini_batch_size=args.batch, micro_batch_size=args.batch,
+                          logp_chunk_size=args.chunk, remat=args.remat)
+        graphdef, self.state = init_train_state(model, optim)
+        self.step = make_train_step(graphdef, cfg, None)
+        tokens, attn, loss_mask, adv, old = (jnp.asarray(x) for x in batch)
+        # completion_start: the prompt's logits are not computed (they are not in the loss); PyTorch,
+        # like transformers and verl, computes the logits of every position.
+        self.batch = TrainBatch(tokens=tokens, positions=positions_from_mask(attn), attn_mask=attn,
+                                loss_mask=loss_mask, advantages=adv, old_logps=old,
+                                completion_start=0 if args.score_prompt else args.prompt)
+
+    def __call__(self) -> float:
+        self.state, metrics = self.step(self.state, self.batch)
+        return float(metrics.loss)  # a host fetch: the step has really finished
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--mlp", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--prompt", type=int, default=64, help="leading prompt tokens (not in the loss)")
+    ap.add_argument("--chunk", type=int, default=128, help="justrl_jax logp_chunk_size")
+    ap.add_argument("--remat", action="store_true", help="per-layer rematerialisation on the JAX side")
+    ap.add_argument("--score-prompt", action="store_true",
+                    help="JAX side: unembed every position, as PyTorch does (default: skip the prompt)")
+    ap.add_argument("--iters", type=int, default=5)
+    args = ap.parse_args()
+
+    batch = _batch(args, np.random.default_rng(0))
+    optim, loss = OptimConfig(lr=1e-6, warmup_steps=0), LossConfig()
+    tokens_per_step = args.batch * args.seq
+    print(f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
+          f"{args.batch} x {args.seq} tokens; vocab {args.vocab}, hidden {args.hidden}, "
+          f"{args.layers} layers, {args.heads}/{args.kv_heads} heads, mlp {args.mlp}; fp32")
+
+    variants = {"justrl_jax GRPO": JaxStep(args, optim, loss, batch),
+                "pytorch GRPO": TorchStep(args, optim, loss, batch, grpo=True),
+                "pytorch plain CE": TorchStep(args, optim, loss, batch, grpo=False)}
+    for name, fn in variants.items():  # first call: compile (JAX) / warm-up; the losses must agree
+        t0 = time.perf_counter()
+        first = fn()
+        print(f"{name:17s} first call {time.perf_counter() - t0:6.2f} s, first loss {first:.6f}")
+    times = {name: [] for name in variants}
+    for _ in range(args.iters):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, t in med.items():
+        print(f"{name:17s} {t:.3f} s/step (min {min(times[name]):.3f})  {tokens_per_step / t:8,.0f} tokens/s")
+    print(f"(justrl_jax: logp chunk {args.chunk}, remat {args.remat}, "
+          f"prompt logits {'computed' if args.score_prompt else 'skipped'})")
+    print(f"ratio {med['justrl_jax GRPO'] / med['pytorch GRPO']:.3f}  (justrl_jax / pytorch, same GRPO loss)")
+
+
+if __name__ == "__main__":
+    main()
