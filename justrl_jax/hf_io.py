@@ -302,7 +302,7 @@ def export_hf_model(model_or_params: Qwen2 | nnx.State, out_dir: str | os.PathLi
         if not gen and (source_dir / "generation_config.json").exists():
             gen = json.loads((source_dir / "generation_config.json").read_text())
         for name in TOKENIZER_FILES:
-            if (source_dir / name).exists():
+            if (source_dir / name).exists() and source_dir.resolve() != out.resolve():
                 shutil.copy2(source_dir / name, out / name)
     if gen:
         (out / "generation_config.json").write_text(json.dumps(gen, indent=2))

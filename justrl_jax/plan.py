@@ -1,0 +1,75 @@
+"""``python -m justrl_jax.plan --config FILE --mesh 4x4 --device tpu-v5p``: memory per device, no hardware.
+
+Prints parameters, gradients, AdamW moments, KV cache and activations per device for the configured
+model, mesh, batch and lengths, and exits 1 (naming what to change) when it cannot fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from justrl_jax.memory_plan import DEVICE_MEMORY, PlanInputs, advice, plan_memory
+from justrl_jax.sharding import MeshConfig
+
+
+def architecture_of(model_path: str):
+    """The Qwen2Config of a model path, reading only its config.json (no weights)."""
+    from pathlib import Path
+
+    from justrl_jax.hf_io import read_hf_config, resolve_model_dir
+    from justrl_jax.model_source import find_checkpoint
+    from justrl_jax.qwen2 import Qwen2Config
+
+    step_dir = find_checkpoint(model_path) if Path(model_path).exists() else None
+    if step_dir is not None:
+        from justrl_jax.checkpoint import read_meta
+
+        return Qwen2Config(**read_meta(step_dir)["model"]["arch"])
+    if Path(model_path).is_dir():
+        return read_hf_config(model_path)
+    known = {"deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": Qwen2Config(),
+             "nvidia/OpenMath-Nemotron-1.5B": Qwen2Config(rope_theta=500000.0)}
+    if model_path in known:  # the recipe's two models, planned without a download
+        return known[model_path]
+    return read_hf_config(resolve_model_dir(model_path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m justrl_jax.plan", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--mesh", required=True, help="e.g. 4x4 or fsdp=8,tensor=2")
+    p.add_argument("--device", required=True, choices=sorted(DEVICE_MEMORY))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+
+    from justrl_jax.run_config import load_run_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    mesh = MeshConfig.parse(args.mesh)
+    devices = mesh.fsdp * mesh.tensor if mesh.fsdp > 0 else None
+    if devices is None:
+        print("error: --mesh must give every axis size for planning (e.g. 4x4)", file=sys.stderr)
+        return 2
+    arch = architecture_of(cfg.model.path)
+    r = cfg.rollout
+    fsdp = mesh.fsdp
+    micro = max(1, cfg.train.micro_batch_size // fsdp)
+    inputs = PlanInputs(
+        rollout_sequences=r.sequences, prompt_tokens=cfg.data.max_prompt_tokens, max_new_tokens=r.max_new_tokens,
+        micro_batch_sequences=micro, compute_bytes=2 if cfg.model.dtype.value == "bfloat16" else 4,
+        kv_cache_bytes_per_value=2 if cfg.model.dtype.value == "bfloat16" else 4,
+        logp_chunk_tokens=cfg.train.logp_chunk_size,
+    )
+    plan = plan_memory(arch, mesh, devices, inputs, device=args.device)
+    print(f"{args.config} on mesh {mesh} ({devices} x {args.device}), {r.sequences} responses of up to "
+          f"{inputs.prompt_tokens} + {inputs.max_new_tokens} tokens, {micro} sequence(s) per device per micro-batch")
+    print(plan.table())
+    if not plan.fits():
+        print(f"error: does not fit in {args.device} memory; reduce {advice(plan, inputs, mesh)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

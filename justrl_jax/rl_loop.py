@@ -1,0 +1,345 @@
+"""The RL loop: the only module that sequences the stages of a JustRL step.
+
+Per step: draw ``prompts_per_step`` prompts -> sample ``samples_per_prompt`` each (temperature 1.0)
+-> verify on the CPU pool (the strict reward) -> group advantages -> recompute old log-probs ->
+``N / mini_batch_size`` AdamW updates -> metrics -> checkpoint -> validation.
+
+Reproducibility: the sampling key of step ``s`` is ``fold_in(key(seed), s)`` and the data position
+is checkpointed, so a resumed run repeats exactly what an uninterrupted one does.
+
+Multi-host: every process runs this same loop; each reads the same global batch (cheap host work)
+and feeds only its own devices' rows; only process 0 writes metrics and the progress line;
+checkpoints are written collectively by Orbax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from justrl_jax.advantages import group_advantages
+from justrl_jax.checkpoint import Checkpointer, abstract_like
+from justrl_jax.config import dump_yaml, to_dict
+from justrl_jax.data import PromptStream
+from justrl_jax.metrics import MetricsWriter
+from justrl_jax.model_source import Policy, load_policy
+from justrl_jax.rollout_batch import build_train_batch
+from justrl_jax.run_config import RunConfig
+from justrl_jax.sampler import Sampler, SamplerConfig
+from justrl_jax.sampling import strategy_for
+from justrl_jax.sharding import MeshConfig, data_parallel_size, make_mesh
+from justrl_jax.train_step import (
+    TrainState,
+    init_train_state,
+    make_compute_logps,
+    make_train_step,
+    state_sharding,
+)
+from justrl_jax.verifier import Verifier
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps whose every update was skipped for a non-finite gradient."""
+
+
+@dataclasses.dataclass
+class _Stop:
+    """Set by SIGTERM/SIGINT: finish the current step, save, exit 0."""
+
+    requested: bool = False
+    signal_name: str = ""
+
+
+def _install_stop_handlers(stop: _Stop) -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, _frame):
+        stop.requested = True
+        stop.signal_name = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint after this step, then exiting", stop.signal_name)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM,)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    return previous
+
+
+def check_against_mesh(cfg: RunConfig, mesh) -> None:
+    """What can only be checked once the mesh is known; raised before anything compiles."""
+    dp = data_parallel_size(mesh)
+    n = cfg.rollout.sequences
+    if n % dp:
+        raise ValueError(f"rollout batch of {n} responses is not divisible by the data-parallel size {dp} "
+                         f"(mesh {dict(mesh.shape)}); change rollout.prompts_per_step or --mesh")
+    if cfg.train.mini_batch_size % dp:
+        raise ValueError(f"train.mini_batch_size ({cfg.train.mini_batch_size}) is not divisible by the "
+                         f"data-parallel size {dp} (mesh {dict(mesh.shape)})")
+
+
+def _host(x) -> np.ndarray:
+    """A (possibly multi-host sharded) array as a full numpy array on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _to_global(tree, mesh, spec):
+    """Host numpy (identical on every process) -> global arrays sharded by ``spec``."""
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(one, tree)
+
+
+class RLRunner:
+    """Builds every part of a run from a :class:`RunConfig`, then :meth:`run` steps it."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, mesh_spec: str | None = None,
+                 resume: bool | str = True, devices: list | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.primary = jax.process_index() == 0
+        mesh_spec = mesh_spec or cfg.mesh
+        self.mesh = make_mesh(MeshConfig.parse(mesh_spec) if mesh_spec else MeshConfig(), devices)
+        check_against_mesh(cfg, self.mesh)
+        if self.primary:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        model_path, data_path = cfg.model.path, cfg.data.path
+        if cfg.demo.enabled:
+            from justrl_jax.demo import prepare
+            from justrl_jax.prompts import PromptFormat, format_prompt
+
+            suffix = format_prompt("", PromptFormat.TRAIN)
+            assets = prepare(cfg.demo, self.run_dir / "demo_assets", suffix)
+            model_path, data_path = str(assets.model_dir), str(assets.data_path)
+        self.data_cfg = dataclasses.replace(cfg.data, path=data_path)
+
+        from transformers import AutoTokenizer
+
+        policy: Policy = load_policy(model_path, self.mesh, param_dtype=cfg.model.param_dtype.jnp,
+                                     compute_dtype=cfg.model.dtype.jnp, remat=cfg.train.remat)
+        self.policy = policy
+        self.tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
+        self.stream = PromptStream(self.data_cfg, self.tokenizer)
+        self.total_steps = cfg.loop.total_steps or self.stream.num_examples // cfg.rollout.prompts_per_step
+        if self.total_steps < 1:
+            raise ValueError(f"{data_path}: {self.stream.num_examples} prompts make no full batch of "
+                             f"{cfg.rollout.prompts_per_step}; set loop.total_steps")
+
+        self.graphdef, self.state = init_train_state(policy.model, cfg.train.optim, self.mesh)
+        self.sharding = state_sharding(self.state)
+        self.compute_logps = make_compute_logps(self.graphdef, cfg.train, self.mesh, self.sharding)
+        self.train_step = make_train_step(self.graphdef, cfg.train, self.mesh, self.sharding)
+        r = cfg.rollout
+        self.sampler = Sampler(
+            self.graphdef,
+            SamplerConfig(max_new_tokens=r.max_new_tokens,
+                          strategy=strategy_for(r.temperature, r.top_p, r.top_k),
+                          kv_cache_budget_bytes=int(r.kv_cache_budget_gb * 2**30) or None),
+            mesh=self.mesh, eos_ids=policy.eos_ids, pad_id=int(self.tokenizer.pad_token_id),
+        )
+        self.key = jax.random.key(cfg.loop.seed)
+        self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint) if cfg.checkpoint.enabled else None
+        self.start_step = 0
+        self._restore(resume)
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.primary, resume_step=self.start_step)
+        if self.primary:
+            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    def _meta(self, step: int, metrics: dict) -> dict:
+        return {
+            "step": step,
+            "data": self.stream.get_state(),
+            "rng": np.asarray(jax.random.key_data(self.key)).tolist(),
+            "config": to_dict(self.cfg),
+            "model": {"arch": dataclasses.asdict(self.policy.model.config),
+                      "tokenizer_dir": str(Path(self.policy.tokenizer_dir).absolute()),
+                      "eos_ids": list(self.policy.eos_ids)},
+            "train": {"step": int(self.state.step), "skipped_updates": int(self.state.skipped_updates)},
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        }
+
+    def _save(self, step: int, metrics: dict) -> None:
+        if self.checkpointer is None:
+            return
+        params = nnx.to_pure_dict(self.state.params)
+        other = {"opt_state": self.state.opt_state, "step": self.state.step,
+                 "skipped_updates": self.state.skipped_updates}
+        if self.checkpointer.save(step, params, other, self._meta(step, metrics)):
+            log.info("checkpoint: step %d -> %s", step, self.checkpointer.directory / str(step))
+
+    def _restore(self, resume: bool | str) -> None:
+        if self.checkpointer is None or resume is False:
+            return
+        if isinstance(resume, str):
+            from justrl_jax.model_source import find_checkpoint
+
+            step_dir = find_checkpoint(resume)
+            if step_dir is None:
+                raise FileNotFoundError(f"--resume {resume}: not a run directory or checkpoint step")
+            restore_from = Checkpointer(step_dir.parent.parent, self.cfg.checkpoint)
+            step = int(step_dir.name)
+        else:
+            restore_from = self.checkpointer
+            step = restore_from.latest_step()
+            if step is None:
+                return
+        params_target = abstract_like(nnx.to_pure_dict(self.state.params))
+        other_target = abstract_like({"opt_state": self.state.opt_state, "step": self.state.step,
+                                      "skipped_updates": self.state.skipped_updates})
+        restored = restore_from.restore(step, params_target, other_target)
+        params = self.state.params
+        nnx.replace_by_pure_dict(params, restored.params)
+        other = restored.opt_state
+        self.state = TrainState(params=params, opt_state=other["opt_state"], step=other["step"],
+                                skipped_updates=other["skipped_updates"])
+        self.stream.set_state(restored.meta["data"])
+        self.key = jax.random.wrap_key_data(jnp.asarray(restored.meta["rng"], dtype=jnp.uint32))
+        self.start_step = step
+        log.warning("resuming from step %d (%s)", step, restore_from.directory / str(step))
+
+    # --- one step --------------------------------------------------------------------------------
+
+    def step(self, step: int) -> dict:
+        cfg = self.cfg
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
+        batch = self.stream.next_batch(cfg.rollout.prompts_per_step)
+
+        t = time.perf_counter()
+        rollout = self.sampler.generate(self.state.params, batch.prompt_ids, batch.prompt_mask,
+                                        n=cfg.rollout.samples_per_prompt, key=jax.random.fold_in(self.key, step))
+        completion = _host(rollout.completion_ids)
+        completion_mask = _host(rollout.completion_mask).astype(bool)
+        lengths = completion_mask.sum(axis=1)
+        finish = _host(rollout.finish)
+        times["time/generate_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        texts = self.tokenizer.batch_decode([row[:n] for row, n in zip(completion, lengths, strict=True)],
+                                            skip_special_tokens=True)
+        golds = [g for g in batch.golds for _ in range(cfg.rollout.samples_per_prompt)]
+        verdicts = self.verifier.verify(texts, golds, response_lengths=lengths.tolist())
+        rewards = np.asarray([v.reward for v in verdicts], np.float32)
+        times["time/verify_s"] = time.perf_counter() - t
+
+        advantages = np.asarray(group_advantages(jnp.asarray(rewards), cfg.rollout.samples_per_prompt))
+        prompt_ids = np.repeat(batch.prompt_ids, cfg.rollout.samples_per_prompt, axis=0)
+        prompt_mask = np.repeat(batch.prompt_mask, cfg.rollout.samples_per_prompt, axis=0)
+        host_batch = build_train_batch(prompt_ids, prompt_mask, completion, completion_mask, advantages,
+                                       cfg.rollout.length_bucket, int(self.tokenizer.pad_token_id))
+        train_batch = _to_global(host_batch, self.mesh, jax.sharding.PartitionSpec("fsdp"))
+
+        t = time.perf_counter()
+        old = self.compute_logps(self.state, train_batch)
+        train_batch = train_batch.replace(old_logps=old.logps)
+        old_entropy = float(old.entropy)
+        times["time/old_logps_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        self.state, tm = self.train_step(self.state, train_batch)
+        tm = jax.device_get(tm)
+        times["time/update_s"] = time.perf_counter() - t
+        times["time/step_s"] = time.perf_counter() - t0
+
+        statuses = Counter(v.status.value for v in verdicts)
+        correct = np.asarray([bool(v.correct) for v in verdicts])
+        gen_tokens = int(lengths.sum())
+        metrics = {
+            "reward/mean": float(rewards.mean()),
+            "reward/accuracy": float(correct.mean()),
+            "reward/all_equal_groups": float(np.mean(
+                rewards.reshape(-1, cfg.rollout.samples_per_prompt).std(axis=1) == 0)),
+            "response/length_mean": float(lengths.mean()),
+            "response/length_max": int(lengths.max()),
+            "response/length_min": int(lengths.min()),
+            "response/truncated_frac": float(np.mean(finish == _finish_length())),
+            "prompt/length_mean": float(batch.prompt_mask.sum(axis=1).mean()),
+            "actor/entropy": old_entropy,  # token mean over valid response tokens, pre-update policy
+            **{f"actor/{k}": float(v) for k, v in dataclasses.asdict(tm).items()},
+            **{f"verifier/{k}": statuses.get(k, 0) for k in ("ok", "no_answer", "timeout", "too_long", "error")},
+            "data/epoch": self.stream.epoch,
+            "perf/generated_tokens_per_s": gen_tokens / max(times["time/generate_s"], 1e-9),
+            "perf/train_tokens_per_s": float(tm.total_tokens) / max(times["time/update_s"], 1e-9),
+            **times,
+        }
+        return metrics
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        stop = _Stop()
+        previous = _install_stop_handlers(stop)
+        last: dict = {}
+        nonfinite = 0
+        try:
+            with Verifier(cfg.verifier) as self.verifier:
+                if self.start_step >= self.total_steps:
+                    log.warning("nothing to do: the run is complete at step %d", self.start_step)
+                self._maybe_validate(self.start_step, first=True)
+                for step in range(self.start_step, self.total_steps):
+                    last = self.step(step)
+                    done = step + 1
+                    all_skipped = last["actor/updates"] == 0
+                    nonfinite = nonfinite + 1 if all_skipped else 0
+                    last.update(self._maybe_validate(done))
+                    self.metrics.write(step, last)
+                    self.metrics.progress(done, self.total_steps, last)
+                    if nonfinite >= cfg.loop.max_nonfinite_steps:
+                        raise NonFiniteError(
+                            f"{nonfinite} consecutive steps had only non-finite gradients (last at step {step}); "
+                            f"stopping. The newest checkpoint holds the last good parameters.")
+                    if stop.requested or done % cfg.checkpoint.every_steps == 0 or done == self.total_steps:
+                        self._save(done, last)
+                    if stop.requested:
+                        log.warning("stopped by %s after step %d; checkpoint saved", stop.signal_name, done)
+                        break
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+            self.metrics.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return last
+
+    def _maybe_validate(self, done: int, first: bool = False) -> dict:
+        v = self.cfg.validation
+        if not v.enabled or (first and not v.before_train) or (not first and done % v.every_steps):
+            return {}
+        from justrl_jax.evaluation.runner import validate
+
+        t = time.perf_counter()
+        result = validate(self, v)
+        result["time/validate_s"] = time.perf_counter() - t
+        if first and self.primary:
+            (self.run_dir / "validation_before_train.json").write_text(json.dumps(result, indent=2))
+        return result
+
+
+def _finish_length():
+    from justrl_jax.sampler import FinishReason
+
+    return FinishReason.LENGTH.value

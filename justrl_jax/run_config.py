@@ -1,0 +1,172 @@
+"""The run config: one section per module, composed, loaded from YAML, checked before any compile.
+
+Example::
+
+    cfg = load_run_config("configs/justrl_deepseek_1p5b.yaml", ["rollout.max_new_tokens=4096"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+
+from justrl_jax.checkpoint import CheckpointConfig
+from justrl_jax.config import ConfigError, apply_overrides, from_dict, load_yaml
+from justrl_jax.data import DataConfig
+from justrl_jax.demo import DemoConfig
+from justrl_jax.train_step import TrainConfig
+from justrl_jax.verifier import VerifierConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/ (editable install)
+
+
+class DType(enum.Enum):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+    @property
+    def jnp(self):
+        import jax.numpy as jnp
+
+        return jnp.float32 if self is DType.FLOAT32 else jnp.bfloat16
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The starting policy and its precision.
+
+    path: HF directory, hub id, run directory or checkpoint step (filled in by the demo when empty).
+    dtype: compute dtype (bfloat16 on accelerators, as the recipe's FSDP mixed precision).
+    param_dtype: master weights (float32, as the recipe).
+    """
+
+    path: str = ""
+    dtype: DType = DType.FLOAT32
+    param_dtype: DType = DType.FLOAT32
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling of the training rollouts (JustRL: 256 prompts x 8, T 1.0, top_p 1.0, 15,360 tokens)."""
+
+    prompts_per_step: int = 256
+    samples_per_prompt: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: off
+    max_new_tokens: int = 15360
+    kv_cache_budget_gb: float = 0.0  # 0: no limit; above it the sampler runs in waves
+    length_bucket: int = 128  # completions are trimmed to a multiple of this for the update
+
+    def __post_init__(self):
+        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "length_bucket"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"rollout.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k == 0 or self.top_k < -1:
+            raise ValueError(f"rollout.top_k must be -1 (off) or >= 1, got {self.top_k}")
+        if self.kv_cache_budget_gb < 0:
+            raise ValueError(f"rollout.kv_cache_budget_gb must be >= 0, got {self.kv_cache_budget_gb}")
+
+    @property
+    def sequences(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The outer loop.
+
+    total_steps: rollout steps to run (JustRL reports 4,380 / 3,440); 0 = one pass over the data.
+    seed: sampling seed; each step's key is derived from (seed, step), so a resume is exact.
+    max_nonfinite_steps: stop after this many consecutive steps whose updates were all skipped.
+    """
+
+    total_steps: int = 0
+    seed: int = 0
+    max_nonfinite_steps: int = 5
+    distributed_timeout_s: int = 300  # a host that stops answering fails the others after this
+
+    def __post_init__(self):
+        if self.total_steps < 0:
+            raise ValueError(f"loop.total_steps must be >= 0, got {self.total_steps}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"loop.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if self.distributed_timeout_s < 1:
+            raise ValueError(f"loop.distributed_timeout_s must be >= 1, got {self.distributed_timeout_s}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """In-training validation (JustRL: every 50 steps and before training; AIME24/AIME25/AMC23 avg@32
+    at T 0.7, top_p 0.9, 31,744 tokens)."""
+
+    enabled: bool = False
+    every_steps: int = 50
+    before_train: bool = True
+    data_dir: str = ""
+    benchmarks: tuple[str, ...] = ("aime24", "aime25", "amc23")
+    n_samples: int = 32
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 31744
+
+    def __post_init__(self):
+        if self.every_steps < 1:
+            raise ValueError(f"validation.every_steps must be >= 1, got {self.every_steps}")
+        if self.n_samples < 1:
+            raise ValueError(f"validation.n_samples must be >= 1, got {self.n_samples}")
+        if self.enabled and not self.data_dir:
+            raise ValueError("validation.enabled needs validation.data_dir (the benchmarks' folder)")
+        if not self.benchmarks:
+            raise ValueError("validation.benchmarks is empty")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    verifier: VerifierConfig = dataclasses.field(default_factory=VerifierConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+    mesh: str = ""  # e.g. "4x4" or "fsdp=8,tensor=2"; --mesh overrides; empty: all devices on fsdp
+
+    def __post_init__(self):
+        if self.demo.enabled and (self.model.path or self.data.path):
+            raise ValueError("demo.enabled builds its own model and data: leave model.path and data.path empty")
+        if not self.demo.enabled:
+            if not self.model.path:
+                raise ValueError("model.path is empty: name an HF directory, hub id or run directory")
+            if not self.data.path:
+                raise ValueError("data.path is empty: name the training prompts (parquet or JSONL)")
+        n = self.rollout.sequences
+        if n % self.train.mini_batch_size:
+            raise ValueError(f"rollout.prompts_per_step x samples_per_prompt = {n} responses is not a multiple "
+                             f"of train.mini_batch_size ({self.train.mini_batch_size})")
+        if self.train.mini_batch_size % self.rollout.samples_per_prompt:
+            raise ValueError(f"train.mini_batch_size ({self.train.mini_batch_size}) must hold whole prompt groups "
+                             f"of rollout.samples_per_prompt ({self.rollout.samples_per_prompt})")
+
+
+def default_config_path() -> Path:
+    return CONFIG_DIR / "demo.yaml"
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Loads a preset (default: the demo), applies ``key=value`` overrides, validates everything."""
+    path = Path(path) if path is not None else default_config_path()
+    if not path.exists() and (CONFIG_DIR / path.name).exists():
+        path = CONFIG_DIR / path.name  # 'configs/x.yaml' also works from outside the source tree
+    data = apply_overrides(load_yaml(path), list(overrides))
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e

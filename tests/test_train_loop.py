@@ -1,0 +1,81 @@
+"""The RL loop end to end: the demo learns (one device and a 4x4 mesh); the shipped JustRL configs run."""
+
+import math
+
+import jax
+import pytest
+from tiny_run import make_tiny_model_dir, read_jsonl, write_benchmarks, write_dapo_parquet
+
+from justrl_jax.config import ConfigError
+from justrl_jax.rl_loop import RLRunner
+from justrl_jax.run_config import load_run_config
+from justrl_jax.tiny import ChatStyle
+
+DEMO_STEPS = 60
+
+
+def _run_demo(run_dir, mesh, devices):
+    cfg = load_run_config(None, [f"loop.total_steps={DEMO_STEPS}", "checkpoint.every_steps=100"])
+    runner = RLRunner(cfg, run_dir, mesh_spec=mesh, devices=devices)
+    runner.run()
+    return read_jsonl(run_dir / "metrics.jsonl")
+
+
+def _assert_learns(records):
+    assert [r["step"] for r in records] == list(range(DEMO_STEPS))
+    first = sum(r["reward/mean"] for r in records[:8]) / 8
+    last = sum(r["reward/mean"] for r in records[-8:]) / 8
+    assert last > first + 0.25, (first, last)
+    for r in records:
+        for key in ("actor/entropy", "actor/grad_norm", "response/length_mean", "actor/learning_rate"):
+            assert math.isfinite(r[key]), (key, r)
+
+
+def test_demo_learns_on_one_device(tmp_path):
+    records = _run_demo(tmp_path / "run", "1x1", jax.devices()[:1])
+    _assert_learns(records)
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    assert (tmp_path / "run" / "checkpoints" / str(DEMO_STEPS)).is_dir()  # the final step is saved
+
+
+def test_demo_learns_on_4x4_mesh(tmp_path):
+    _assert_learns(_run_demo(tmp_path / "run", "4x4", None))
+
+
+@pytest.mark.parametrize("preset, style", [("justrl_deepseek_1p5b", ChatStyle.DEEPSEEK),
+                                           ("justrl_nemotron_1p5b", ChatStyle.CHATML)])
+def test_shipped_configs_run_two_steps(tmp_path, preset, style):
+    """Everything as shipped except the model (tiny, random), the data files and the sizes."""
+    model = make_tiny_model_dir(tmp_path / "model", style, rope_theta=500000.0 if "nemotron" in preset else 1e4)
+    data = write_dapo_parquet(tmp_path / "dapo.parquet", n=8)
+    bench = write_benchmarks(tmp_path / "bench")
+    cfg = load_run_config(f"configs/{preset}.yaml", [
+        f"model.path={model}", f"data.path={data}", f"validation.data_dir={bench}",
+        "rollout.prompts_per_step=2", "rollout.max_new_tokens=6", "rollout.length_bucket=8",
+        "train.mini_batch_size=8", "train.micro_batch_size=4", "data.bucket_multiple=16",
+        "validation.n_samples=2", "validation.max_new_tokens=6", "loop.total_steps=2",
+    ])
+    assert cfg.train.loss.clip_high == 0.28 and cfg.train.optim.lr == 1e-6 and cfg.rollout.samples_per_prompt == 8
+    runner = RLRunner(cfg, tmp_path / "run", mesh_spec="2x1", devices=jax.devices()[:2])
+    runner.run()
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1]
+    assert records[0]["actor/learning_rate"] == 0.0  # warm-up: step 0 runs at lr 0
+    assert records[1]["actor/learning_rate"] == pytest.approx(1e-7)
+    assert records[0]["actor/updates"] == 2  # 16 responses / mini-batch 8
+    assert "val/mean" in records[1] or (tmp_path / "run" / "validation_before_train.json").exists()
+
+
+def test_bad_config_fails_before_compiling(tmp_path):
+    with pytest.raises(ConfigError, match="rollout.temperature"):
+        load_run_config(None, ["rollout.temperature=0"])
+    with pytest.raises(ConfigError, match="unknown config key 'rollout.temprature'"):
+        load_run_config(None, ["rollout.temprature=1"])
+    with pytest.raises(ConfigError, match="not a multiple of train.mini_batch_size"):
+        load_run_config(None, ["rollout.prompts_per_step=3"])
+    cfg = load_run_config(None, ["rollout.prompts_per_step=3", "train.mini_batch_size=24"])
+    with pytest.raises(ValueError, match="not divisible by the data-parallel size 16"):
+        RLRunner(cfg, tmp_path / "run", mesh_spec="16x1")
+    with pytest.raises(ValueError, match="needs 12 devices"):
+        RLRunner(load_run_config(None), tmp_path / "run", mesh_spec="3x4")
