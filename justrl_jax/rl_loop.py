@@ -32,6 +32,7 @@ from justrl_jax.advantages import group_advantages
 from justrl_jax.checkpoint import Checkpointer, abstract_like
 from justrl_jax.config import dump_yaml, to_dict
 from justrl_jax.data import PromptStream
+from justrl_jax.distributed import barrier
 from justrl_jax.metrics import MetricsWriter
 from justrl_jax.model_source import Policy, load_policy
 from justrl_jax.rollout_batch import build_train_batch
@@ -130,7 +131,12 @@ class RLRunner:
             from justrl_jax.prompts import PromptFormat, format_prompt
 
             suffix = format_prompt("", PromptFormat.TRAIN)
-            assets = prepare(cfg.demo, self.run_dir / "demo_assets", suffix)
+            # One writer (process 0); the others wait for complete files on the shared run dir.
+            if self.primary:
+                assets = prepare(cfg.demo, self.run_dir / "demo_assets", suffix)
+            barrier("demo_assets", cfg.loop.distributed_timeout_s)
+            if not self.primary:
+                assets = prepare(cfg.demo, self.run_dir / "demo_assets", suffix)  # reads what process 0 wrote
             model_path, data_path = str(assets.model_dir), str(assets.data_path)
         self.data_cfg = dataclasses.replace(cfg.data, path=data_path)
 

@@ -43,7 +43,12 @@ def _maybe_init_distributed(args, timeout_s: int) -> None:
     import jax
 
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if args.coordinator is not None or "," in hosts:
+        # Cross-process collectives for CPU devices (tests, CPU clusters); accelerators ignore it.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.coordinator is not None:
+        if args.num_processes is None or args.process_id is None:
+            raise SystemExit("error: --coordinator needs --num-processes and --process-id")
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                    initialization_timeout=timeout_s, heartbeat_timeout_seconds=max(10, timeout_s // 3),
                                    shutdown_timeout_seconds=timeout_s)
