@@ -145,6 +145,7 @@ class RLRunner:
         policy: Policy = load_policy(model_path, self.mesh, param_dtype=cfg.model.param_dtype.jnp,
                                      compute_dtype=cfg.model.dtype.jnp, remat=cfg.train.remat)
         self.policy = policy
+        self._check_memory(policy.model.config)
         self.tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
         self.stream = PromptStream(self.data_cfg, self.tokenizer)
         self.total_steps = cfg.loop.total_steps or self.stream.num_examples // cfg.rollout.prompts_per_step
@@ -171,6 +172,29 @@ class RLRunner:
         self.metrics = MetricsWriter(self.run_dir, enabled=self.primary, resume_step=self.start_step)
         if self.primary:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    def _check_memory(self, arch) -> None:
+        """Prints the memory plan and refuses, before anything compiles, what cannot fit the device."""
+        from justrl_jax.memory_plan import PlanInputs, advice, plan_memory
+
+        cfg = self.cfg
+        stats = jax.devices()[0].memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        fsdp, tensor = self.mesh.shape["fsdp"], self.mesh.shape["tensor"]
+        itemsize = 2 if cfg.model.dtype.value == "bfloat16" else 4
+        inputs = PlanInputs(
+            rollout_sequences=cfg.rollout.sequences, prompt_tokens=cfg.data.max_prompt_tokens,
+            max_new_tokens=cfg.rollout.max_new_tokens, micro_batch_sequences=max(1, cfg.train.micro_batch_size // fsdp),
+            compute_bytes=itemsize, kv_cache_bytes_per_value=itemsize, logp_chunk_tokens=cfg.train.logp_chunk_size,
+            sampler_waves=1 if limit is None else 0)
+        plan = plan_memory(arch, MeshConfig(fsdp, tensor), fsdp * tensor, inputs)
+        if limit is not None:
+            plan = dataclasses.replace(plan, device_memory=int(limit))
+        log.info("memory plan per device (mesh fsdp=%d, tensor=%d):\n%s", fsdp, tensor, plan.table())
+        if limit is not None and plan.training_peak > limit:
+            raise ValueError(f"the update needs ~{plan.training_peak / 2**30:.1f} GiB per device but "
+                             f"{jax.devices()[0].device_kind} has {limit / 2**30:.1f} GiB; reduce "
+                             f"{advice(plan, inputs, MeshConfig(fsdp, tensor))}")
 
     # --- checkpoints -----------------------------------------------------------------------------
 
