@@ -102,7 +102,8 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def sharded_param_bytes(config: Qwen2Config, mesh: MeshConfig, num_devices: int, bytes_per_value: int) -> tuple[int, int]:
+def sharded_param_bytes(config: Qwen2Config, mesh: MeshConfig, num_devices: int,
+                        bytes_per_value: int) -> tuple[int, int]:
     """(bytes of parameters on one device, total parameter count), exactly, from the real shapes."""
     fsdp, tensor = mesh.resolve(num_devices)
     shape = _MeshShape({"fsdp": fsdp, "tensor": tensor})

@@ -10,7 +10,8 @@ import transformers
 
 
 def make_hf_qwen2(out_dir, *, vocab=97, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96,
-                  rope_theta=10000.0, tie=False, config_style="v5", seed=0) -> tuple[Path, transformers.Qwen2ForCausalLM]:
+                  rope_theta=10000.0, tie=False, config_style="v5",
+                  seed=0) -> tuple[Path, transformers.Qwen2ForCausalLM]:
     """Saves a random Qwen2ForCausalLM (fp32) to ``out_dir``.
 
     ``config_style="hub"`` rewrites config.json the way the real DeepSeek/Qwen configs are written
