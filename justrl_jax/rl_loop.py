@@ -178,7 +178,7 @@ class RLRunner:
         from justrl_jax.memory_plan import PlanInputs, advice, plan_memory
 
         cfg = self.cfg
-        stats = jax.devices()[0].memory_stats() or {}
+        stats = jax.local_devices()[0].memory_stats() or {}
         limit = stats.get("bytes_limit")
         fsdp, tensor = self.mesh.shape["fsdp"], self.mesh.shape["tensor"]
         itemsize = 2 if cfg.model.dtype.value == "bfloat16" else 4
@@ -193,7 +193,7 @@ class RLRunner:
         log.info("memory plan per device (mesh fsdp=%d, tensor=%d):\n%s", fsdp, tensor, plan.table())
         if limit is not None and plan.training_peak > limit:
             raise ValueError(f"the update needs ~{plan.training_peak / 2**30:.1f} GiB per device but "
-                             f"{jax.devices()[0].device_kind} has {limit / 2**30:.1f} GiB; reduce "
+                             f"{jax.local_devices()[0].device_kind} has {limit / 2**30:.1f} GiB; reduce "
                              f"{advice(plan, inputs, MeshConfig(fsdp, tensor))}")
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -331,6 +331,8 @@ class RLRunner:
                     log.warning("nothing to do: the run is complete at step %d", self.start_step)
                 self._maybe_validate(self.start_step, first=True)
                 for step in range(self.start_step, self.total_steps):
+                    # Hosts start each step together; one that died or hangs fails the others here.
+                    barrier(f"step-{step}", cfg.loop.distributed_timeout_s)
                     last = self.step(step)
                     done = step + 1
                     all_skipped = last["actor/updates"] == 0
