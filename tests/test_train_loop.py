@@ -7,6 +7,7 @@ import pytest
 from tiny_run import make_tiny_model_dir, read_jsonl, write_benchmarks, write_dapo_parquet
 
 from justrl_jax.config import ConfigError
+from justrl_jax.plot import plot_run
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
 from justrl_jax.tiny import ChatStyle
@@ -37,6 +38,8 @@ def test_demo_learns_on_one_device(tmp_path):
     assert (tmp_path / "run" / "config.yaml").exists()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
     assert (tmp_path / "run" / "checkpoints" / str(DEMO_STEPS)).is_dir()  # the final step is saved
+    png = plot_run(tmp_path / "run")
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_learns_on_4x4_mesh(tmp_path):
