@@ -1,0 +1,124 @@
+"""Benchmark: rollout generation, justrl_jax's Sampler vs transformers' ``generate`` (PyTorch), same weights.
+
+Both sides sample (temperature 1.0, no top-p / top-k) from the same random Qwen2 weights, the same
+prompts, the same number of new tokens, with no EOS (every row runs to the end), so both produce
+``batch x new_tokens`` tokens. The time is end to end: prefill, decode and the host copy of the
+tokens. The timed runs of the two sides are interleaved (load from other processes hits both alike);
+each side's time is the median of its runs. justrl_jax's first call (compilation) is reported apart.
+
+Usage::
+
+    python scripts/bench_sampler.py                       # batches 8, 32, 128; 64 prompt + 128 new tokens
+    python scripts/bench_sampler.py --batches 8 --iters 5 --new-tokens 256
+
+Each batch prints a line ending in ``ratio <justrl_jax tokens/s / transformers tokens/s>`` (above 1 is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+from flax import nnx
+
+from justrl_jax.hf_io import load_hf_model
+from justrl_jax.sampler import Sampler, SamplerConfig
+from justrl_jax.sampling import Temperature
+
+
+def _hf_model(args) -> transformers.Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    )
+    return transformers.Qwen2ForCausalLM(cfg).float().eval()
+
+
+class TorchGenerate:
+    def __init__(self, model, prompts: np.ndarray, new_tokens: int):
+        self.model = model
+        self.ids = torch.as_tensor(prompts, dtype=torch.long)
+        self.mask = torch.ones_like(self.ids)
+        self.new_tokens = new_tokens
+
+    def __call__(self) -> int:
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=self.ids, attention_mask=self.mask, do_sample=True, temperature=1.0, top_p=1.0,
+                top_k=0, max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, eos_token_id=None,
+                pad_token_id=0)
+        return int(out.shape[1] - self.ids.shape[1]) * out.shape[0]
+
+
+class JaxGenerate:
+    def __init__(self, sampler: Sampler, params, prompts: np.ndarray):
+        self.sampler, self.params = sampler, params
+        self.prompts, self.mask = prompts, np.ones(prompts.shape, bool)
+        self.seed = 0
+
+    def __call__(self) -> int:
+        self.seed += 1
+        rollout = self.sampler.generate(self.params, self.prompts, self.mask, n=1, key=self.seed)
+        return int(rollout.completion_mask.sum())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--mlp", type=int, default=1024)
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 32, 128])
+    ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per row")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--decode-chunk", type=int, default=0, help="justrl_jax SamplerConfig.decode_chunk")
+    ap.add_argument("--iters", type=int, default=3)
+    args = ap.parse_args()
+
+    hf = _hf_model(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        model = load_hf_model(tmp)  # the very same weights, through the HF importer
+    params = nnx.state(model, nnx.Param)
+    sampler = Sampler(model, SamplerConfig(max_new_tokens=args.new_tokens, strategy=Temperature(1.0),
+                                           prompt_bucket=args.prompt, decode_chunk=args.decode_chunk),
+                      eos_ids=(), pad_id=0)
+    print(f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
+          f"vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} heads, "
+          f"mlp {args.mlp}; fp32; {args.prompt} prompt + {args.new_tokens} new tokens, sampling at T=1, no EOS")
+
+    rng = np.random.default_rng(0)
+    for batch in args.batches:
+        prompts = rng.integers(0, args.vocab, (batch, args.prompt)).astype(np.int32)
+        sides = {"justrl_jax": JaxGenerate(sampler, params, prompts),
+                 "transformers": TorchGenerate(hf, prompts, args.new_tokens)}
+        first = {}
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            tokens = fn()
+            first[name] = time.perf_counter() - t0
+            assert tokens == batch * args.new_tokens, (name, tokens)
+        times = {name: [] for name in sides}
+        for _ in range(args.iters):
+            for name, fn in sides.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        rate = {name: batch * args.new_tokens / statistics.median(ts) for name, ts in times.items()}
+        print(f"batch {batch:4d}: justrl_jax {rate['justrl_jax']:8,.0f} tokens/s "
+              f"(first call {first['justrl_jax']:.1f} s), transformers {rate['transformers']:8,.0f} tokens/s  "
+              f"ratio {rate['justrl_jax'] / rate['transformers']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
