@@ -1,0 +1,132 @@
+"""``python -m justrl_jax.generate --model M --prompts IN.jsonl --output OUT.jsonl``: sample completions.
+
+Each input line holds ``prompt`` (text; the tokenizer's chat template is applied when it has one,
+``--raw`` sends the text as it is) or ``prompt_ids`` (token ids, used as given); other fields pass
+through. Each output line adds ``n`` samples: ``completion`` (text), ``completion_ids``,
+``logprobs`` (per token, under the sampling policy) and ``finish_reason`` (``stop`` or ``length``).
+
+Example::
+
+    python -m justrl_jax.generate --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B \\
+        --prompts problems.jsonl --output samples.jsonl --n 8 --temperature 0.7 --top-p 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def read_prompt_lines(path: Path) -> list[dict]:
+    """Parses the prompt file; a bad line is an error naming its number."""
+    if not path.exists():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {number}: not valid JSON ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {number}: expected a JSON object")
+        has_text, has_ids = isinstance(row.get("prompt"), str), "prompt_ids" in row
+        if has_text == has_ids:
+            raise ValueError(f"{path}: line {number}: give exactly one of 'prompt' (text) or 'prompt_ids'")
+        if has_ids and not (isinstance(row["prompt_ids"], list) and row["prompt_ids"]
+                            and all(isinstance(t, int) and t >= 0 for t in row["prompt_ids"])):
+            raise ValueError(f"{path}: line {number}: 'prompt_ids' must be a non-empty list of token ids")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no prompts")
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m justrl_jax.generate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="HF directory, hub id, run directory or checkpoint step")
+    p.add_argument("--prompts", required=True, type=Path)
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=-1)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template to text prompts")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--mesh", default=None, help="e.g. 4x4; default: one device")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        print("error: --n, --max-new-tokens and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        rows = read_prompt_lines(args.prompts)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from justrl_jax.data import chat_text, collate
+    from justrl_jax.model_source import load_policy
+    from justrl_jax.prompts import PromptExample
+    from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
+    from justrl_jax.sampling import strategy_for
+    from justrl_jax.sharding import make_mesh
+
+    mesh = make_mesh(args.mesh) if args.mesh else None
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    policy = load_policy(args.model, mesh, compute_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else policy.eos_ids[0]
+    token_ids = []
+    for row in rows:
+        if "prompt_ids" in row:
+            token_ids.append(list(row["prompt_ids"]))
+        else:
+            text = row["prompt"] if args.raw or not tokenizer.chat_template else chat_text(tokenizer, row["prompt"])
+            token_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    strategy = strategy_for(args.temperature, args.top_p, args.top_k, greedy=args.greedy)
+    sampler = Sampler(policy.model, SamplerConfig(max_new_tokens=args.max_new_tokens, strategy=strategy),
+                      mesh=mesh, eos_ids=policy.eos_ids, pad_id=int(pad_id))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(args.seed)
+    with args.output.open("w", encoding="utf-8") as out:
+        for start in range(0, len(rows), args.batch_size):
+            chunk = list(range(start, min(start + args.batch_size, len(rows))))
+            examples = [PromptExample(problem=str(i), gold="") for i in chunk]
+            batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=64)
+            rollout = sampler.generate(policy.model, batch.prompt_ids, batch.prompt_mask, n=args.n,
+                                       key=jax.random.fold_in(key, start))
+            for j, i in enumerate(chunk):
+                samples = []
+                for s in range(args.n):
+                    r = j * args.n + s
+                    n_tok = int(rollout.lengths[r])
+                    ids = [int(t) for t in np.asarray(rollout.completion_ids[r, :n_tok])]
+                    samples.append({
+                        "completion": tokenizer.decode(ids, skip_special_tokens=True),
+                        "completion_ids": ids,
+                        "logprobs": [round(float(x), 6) for x in rollout.logprobs[r, :n_tok]],
+                        "finish_reason": "stop" if rollout.finish[r] == FinishReason.EOS else "length",
+                    })
+                out.write(json.dumps({**rows[i], "prompt_token_ids": token_ids[i], "samples": samples}) + "\n")
+    print(f"wrote {len(rows)} prompts x {args.n} samples to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
