@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     final = runner.run()
     if final and runner.primary:
-        print(f"done: {run_dir} (reward {final.get('reward/mean', float('nan')):+.3f}, "
-              f"accuracy {final.get('reward/accuracy', float('nan')):.3f})")
+        from justrl_jax.metrics import read_metrics
+
+        rewards = [r["reward/mean"] for r in read_metrics(run_dir) if isinstance(r.get("reward/mean"), float)]
+        k = min(10, len(rewards))
+        print(f"done: {run_dir}: mean reward {sum(rewards[:k]) / k:+.3f} over the first {k} steps, "
+              f"{sum(rewards[-k:]) / k:+.3f} over the last {k} (metrics.jsonl, tensorboard/, checkpoints/)")
     return 0
 
 
