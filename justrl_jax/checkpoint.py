@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run: complete or invisible, restorable onto any mesh.
+"""Orbax checkpoints of a run: complete or invisible, finite, restorable onto any mesh.
 
 Layout of ``RUN_DIR/checkpoints/<step>/`` (one Orbax composite per saved step):
 
@@ -7,15 +7,23 @@ Layout of ``RUN_DIR/checkpoints/<step>/`` (one Orbax composite per saved step):
 * ``meta``      JSON: the data iterator state, the RNG key, the resolved run config, the model
   architecture and where its tokenizer came from, and the metrics of that step.
 
-Orbax writes each step into a temporary directory and renames it when every item (and every host)
-is done, so a kill during a save leaves the previous checkpoint as the newest complete one.
-``<step>`` is the number of completed training steps: resuming from it runs step ``<step>`` next.
+Next to them, ``RUN_DIR/hf_assets/`` holds a copy of the starting model's tokenizer, config and
+generation config (not its weights), so a run directory converts to an HF model on any machine.
+
+Orbax writes each step into ``<step>.orbax-checkpoint-tmp`` and renames it when every item (and every
+host) is done (on object stores, where nothing renames atomically, it writes ``commit_success.txt``
+last instead), so a kill during a save leaves the previous checkpoint as the newest complete one; the
+next start deletes the leftover. ``<step>`` is the number of completed training steps: resuming from
+it runs step ``<step>`` next. A tree with a NaN or Inf is never written, so every checkpoint that
+retention keeps is a good one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
@@ -37,34 +44,104 @@ class CheckpointConfig:
     enabled: bool = True
 
     def __post_init__(self):
-        if self.every_steps < 1:
-            raise ValueError(f"checkpoint.every_steps must be >= 1, got {self.every_steps}")
-        if self.keep < 1:
-            raise ValueError(f"checkpoint.keep must be >= 1, got {self.keep}")
+        if isinstance(self.every_steps, bool) or not isinstance(self.every_steps, int) or self.every_steps < 1:
+            raise ValueError(f"checkpoint.every_steps must be an integer >= 1, got {self.every_steps!r}")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+            raise ValueError(f"checkpoint.keep must be an integer >= 1, got {self.keep!r}")
+        for name in ("async_save", "enabled"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"checkpoint.{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
+    """One restored checkpoint: the arrays on the requested shardings and the JSON meta."""
+
     step: int
     params: Any
     opt_state: Any
     meta: dict
+    path: Path  # the step directory it came from
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def hf_assets_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "hf_assets"
+
+
+# Everything an HF model directory holds except its weights (small files: copied once per run).
+_HF_ASSET_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja", "tokenizer.model")
+
+
+def save_hf_assets(source_dir: str | Path, run_dir: str | Path) -> Path:
+    """Copies (once) the tokenizer, config and generation config of ``source_dir`` into the run."""
+    out = hf_assets_dir(run_dir)
+    if out.is_dir():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in _HF_ASSET_FILES:
+        if (Path(source_dir) / name).is_file():
+            shutil.copy2(Path(source_dir) / name, tmp / name)
+    tmp.rename(out)  # complete or absent, like the checkpoints
+    return out
+
+
+def is_complete(step_dir: str | Path) -> bool:
+    """True for a finalized justrl_jax checkpoint step directory (never for a partial save)."""
+    step_dir = Path(step_dir)
+    return (step_dir.name.isdigit() and (step_dir / "params").is_dir() and (step_dir / "opt_state").is_dir()
+            and (step_dir / "meta" / "metadata").is_file() and ocp.utils.is_checkpoint_finalized(step_dir))
+
+
+def complete_steps(run_dir: str | Path) -> list[int]:
+    """The steps of ``run_dir`` that hold a complete checkpoint, oldest first."""
+    ckpts = checkpoint_dir(run_dir)
+    if not ckpts.is_dir():
+        return []
+    return sorted(int(p.name) for p in ckpts.iterdir() if is_complete(p))
+
+
+@jax.jit
+def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
+    """One flag per leaf: all its values finite (one fused reduction on device, compiled once per tree)."""
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def nonfinite_leaves(tree) -> list[str]:
+    """Key paths of the floating leaves of ``tree`` holding a NaN or Inf (empty when all are finite)."""
+    pairs = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+             if jnp.issubdtype(_dtype(x), jnp.floating)]
+    if not pairs:
+        return []
+    flags = _finite_flags([x for _, x in pairs])
+    # Replicated scalar flags; on a multi-host mesh only the local copy is addressable.
+    flags = np.asarray(flags.addressable_shards[0].data)
+    return [name for (name, _), ok in zip(pairs, flags, strict=True) if not ok]
+
+
+def _dtype(x) -> np.dtype:
+    return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
 def all_finite(tree) -> bool:
-    """True when every floating array in ``tree`` is finite (one fused reduction on device)."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
-    if not leaves:
-        return True
-    return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(leaves))
+    """True when every floating array in ``tree`` is finite."""
+    return not nonfinite_leaves(tree)
 
 
 class Checkpointer:
-    """Saves and restores ``(params, opt_state, meta)`` under ``RUN_DIR/checkpoints``."""
+    """Saves and restores ``(params, opt_state, meta)`` under ``RUN_DIR/checkpoints``.
+
+    Every process of a multi-host run makes one and calls the same methods in the same order (Orbax
+    writes collectively). Use it as a context manager, or call :meth:`close`, so the last
+    asynchronous save is finished before the process exits.
+    """
 
     def __init__(self, run_dir: str | Path, config: CheckpointConfig = CheckpointConfig()):
         self.config = config
@@ -72,6 +149,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=config.keep,
             enable_async_checkpointing=config.async_save,
+            cleanup_tmp_directories=True,  # what a kill during a save left behind
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -82,10 +160,16 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
     def save(self, step: int, params, opt_state, meta: dict) -> bool:
-        """Saves ``step`` unless its parameters are not finite (then nothing is written; returns False)."""
-        if not all_finite(params):
-            log.error("step %d: parameters are not finite; checkpoint NOT written", step)
+        """Starts saving ``step`` (in the background when ``async_save``); returns False, writing
+        nothing, when the parameters or the optimizer state hold a NaN or Inf."""
+        bad = nonfinite_leaves({"params": params, "opt_state": opt_state})
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            log.error("step %d: non-finite values in %s; checkpoint NOT written", step, shown)
             return False
         self._manager.save(
             step,
@@ -99,31 +183,54 @@ class Checkpointer:
         return True
 
     def restore(self, step: int, abstract_params, abstract_opt_state) -> Restored:
-        """Restores onto the shardings carried by the abstract targets (any mesh)."""
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_params),
-                opt_state=ocp.args.StandardRestore(abstract_opt_state),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        return Restored(step, out["params"], out["opt_state"], dict(out["meta"]))
+        """Restores ``step`` onto the shardings carried by the abstract targets (any mesh)."""
+        if step not in self._manager.all_steps():
+            raise FileNotFoundError(f"{self.directory} has no complete checkpoint at step {step}; "
+                                    f"available: {self.all_steps()}")
+        return restore_step_dir(self.step_dir(step), abstract_params, abstract_opt_state)
+
+    def delete_after(self, step: int) -> list[int]:
+        """Deletes the checkpoints newer than ``step`` (``-1``: all); returns their steps.
+
+        A run that goes back to an earlier state (``--resume`` an older step, ``--no-resume``) rewrites
+        its history from there, and must not later meet a checkpoint of the abandoned future.
+        """
+        self._manager.wait_until_finished()
+        doomed = [s for s in self.all_steps() if s > step]
+        for s in doomed:
+            self._manager.delete(s)
+        return doomed
 
     def wait(self) -> None:
+        """Blocks until the last asynchronous save is complete on disk."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
 
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def restore_step_dir(step_dir: str | Path, abstract_params, abstract_opt_state) -> Restored:
+    """Restores one complete checkpoint step directory onto the abstract targets' shardings."""
+    step_dir = Path(step_dir).absolute()
+    if not is_complete(step_dir):
+        raise FileNotFoundError(f"{step_dir} is not a complete justrl_jax checkpoint step directory")
+    with ocp.StandardCheckpointer() as handler:
+        params = handler.restore(step_dir / "params", abstract_params)
+        opt_state = handler.restore(step_dir / "opt_state", abstract_opt_state)
+    return Restored(int(step_dir.name), params, opt_state, read_meta(step_dir), step_dir)
+
 
 def read_meta(step_dir: str | Path) -> dict:
     """The JSON ``meta`` item of one checkpoint step directory."""
-    import json
-
     path = Path(step_dir) / "meta" / "metadata"
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{step_dir} is not a complete justrl_jax checkpoint (no meta/metadata)")
     return json.loads(path.read_text())
 
@@ -131,11 +238,26 @@ def read_meta(step_dir: str | Path) -> dict:
 def restore_params(step_dir: str | Path, abstract_params):
     """Only the parameters of one checkpoint step directory (for convert, generate, evaluate)."""
     step_dir = Path(step_dir).absolute()
-    handler = ocp.StandardCheckpointer()
-    try:
+    with ocp.StandardCheckpointer() as handler:
         return handler.restore(step_dir / "params", abstract_params)
-    finally:
-        handler.close()
+
+
+def dict_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, current value)`` for each leaf that differs, as JSON would store it
+    (a checkpoint's config or architecture against this run's)."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = _jsonable(v)
+        return out
+
+    a, b = flat(saved), flat(_jsonable(current))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
 
 
 def abstract_like(tree, shardings=None):
@@ -151,9 +273,11 @@ def _jsonable(obj):
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (np.ndarray, jax.Array)):
-        return np.asarray(obj).tolist()
+        return _jsonable(np.asarray(obj).tolist())
     if isinstance(obj, (np.integer, np.floating, np.bool_)):
-        return obj.item()
+        return _jsonable(obj.item())
     if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)  # JSON has no NaN/Inf
+    if isinstance(obj, Path):
         return str(obj)
     return obj

@@ -1,48 +1,72 @@
 """``python -m justrl_jax.convert RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32]``.
 
 Writes a checkpoint as a directory transformers loads: weights (safetensors), config.json,
-generation_config.json and the tokenizer of the model the run started from.
+generation_config.json and the tokenizer of the model the run started from. ``RUN_DIR`` may also be
+one checkpoint step directory (``RUN_DIR/checkpoints/<step>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from justrl_jax.checkpoint import checkpoint_dir
+from justrl_jax.checkpoint import checkpoint_dir, complete_steps, is_complete
 
 
-def convert(run_dir: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "bfloat16") -> Path:
-    from justrl_jax.hf_io import export_hf_model
-    from justrl_jax.model_source import find_checkpoint, load_policy
+def checkpoint_to_convert(run_dir: str | Path, step: int | None = None) -> Path:
+    """The step directory ``convert`` reads: ``step`` of ``run_dir``, or its newest complete one."""
+    from justrl_jax.model_source import find_checkpoint
 
     run_dir = Path(run_dir)
-    if step is not None:
-        step_dir = checkpoint_dir(run_dir) / str(step)
-        if not (step_dir / "meta" / "metadata").exists():
-            available = sorted(int(p.name) for p in checkpoint_dir(run_dir).glob("*") if p.name.isdigit())
-            raise FileNotFoundError(f"{run_dir} has no complete checkpoint at step {step}; available: {available}")
-    else:
+    if step is None:
         step_dir = find_checkpoint(run_dir)
         if step_dir is None:
             raise FileNotFoundError(f"{run_dir} is neither a run directory nor a checkpoint step directory")
+        return step_dir
+    if is_complete(run_dir):
+        raise ValueError(f"--step {step} needs a run directory, but {run_dir} is already one checkpoint step")
+    step_dir = checkpoint_dir(run_dir) / str(step)
+    if not is_complete(step_dir):
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint at step {step}; "
+                                f"available: {complete_steps(run_dir)}")
+    return step_dir
+
+
+def convert(run_dir: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "bfloat16") -> Path:
+    """Exports one checkpoint of ``run_dir`` (default: the newest complete) as an HF directory ``out``."""
+    from justrl_jax.hf_io import export_hf_model
+    from justrl_jax.model_source import load_policy
+
+    if dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {dtype!r}")
+    step_dir = checkpoint_to_convert(run_dir, step)
     policy = load_policy(step_dir)
     gen_path = policy.tokenizer_dir / "generation_config.json"
-    gen = json.loads(gen_path.read_text()) if gen_path.exists() else {"eos_token_id": list(policy.eos_ids)}
+    gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    # The EOS ids the run sampled with are the ones that end a response.
+    eos = list(policy.eos_ids)
+    gen["eos_token_id"] = eos if len(eos) > 1 else eos[0]
     return export_hf_model(policy.model, out, dtype=dtype, source_dir=policy.tokenizer_dir, generation_config=gen)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m justrl_jax.convert", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory (newest checkpoint) or one checkpoint step directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     parser.add_argument("--out", required=True, help="output HF directory")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     args = parser.parse_args(argv)
-    out = convert(args.run_dir, args.out, step=args.step, dtype=args.dtype)
-    print(f"wrote {out}")
+    try:
+        step_dir = checkpoint_to_convert(args.run_dir, args.step)
+        out = convert(step_dir, args.out, dtype=args.dtype)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (from {step_dir}, {args.dtype})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

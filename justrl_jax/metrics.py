@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,10 @@ class MetricsWriter:
                 continue  # a line cut by a kill
             if resume_step is None or record.get("step", -1) < resume_step:
                 keep.append(line)
-        self.path.write_text("".join(f"{line}\n" for line in keep))
+        # Replace, never rewrite in place: a kill here must not lose the lines being kept.
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in keep))
+        os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:

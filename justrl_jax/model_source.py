@@ -19,7 +19,14 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from justrl_jax.checkpoint import checkpoint_dir, read_meta, restore_params
+from justrl_jax.checkpoint import (
+    checkpoint_dir,
+    complete_steps,
+    hf_assets_dir,
+    is_complete,
+    read_meta,
+    restore_params,
+)
 from justrl_jax.hf_io import load_hf_model, resolve_model_dir
 from justrl_jax.params import abstract_model, state_shardings
 from justrl_jax.qwen2 import Qwen2, Qwen2Config
@@ -36,18 +43,37 @@ class Policy:
 
 
 def find_checkpoint(name: str | Path) -> Path | None:
-    """The checkpoint step directory ``name`` refers to, or None when it is not a run/checkpoint."""
+    """The checkpoint step directory ``name`` refers to, or None when it is not a run/checkpoint.
+
+    A run directory means its newest *complete* checkpoint: a save cut short by a kill (Orbax's
+    ``<step>.orbax-checkpoint-tmp`` directory, or one without ``commit_success.txt``) is never used.
+    """
     path = Path(name)
-    if (path / "meta" / "metadata").exists() and (path / "params").is_dir():
+    if is_complete(path):
         return path
-    ckpts = checkpoint_dir(path)
-    if ckpts.is_dir():
-        # Orbax writes into '<step>.orbax-checkpoint-tmp-*' and renames when complete.
-        steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit() and (p / "meta" / "metadata").exists())
+    if (path / "params").is_dir() or (path / "meta").is_dir():
+        raise FileNotFoundError(f"{path} is an incomplete checkpoint (a save that did not finish); "
+                                f"complete ones in {path.parent}: {complete_steps(path.parent.parent)}")
+    if checkpoint_dir(path).is_dir():
+        steps = complete_steps(path)
         if not steps:
             raise FileNotFoundError(f"run directory {path} has no complete checkpoint yet")
-        return ckpts / str(steps[-1])
+        return checkpoint_dir(path) / str(steps[-1])
     return None
+
+
+def tokenizer_dir_of(step_dir: str | Path) -> Path:
+    """Where the tokenizer of a checkpoint is: its run's ``hf_assets`` copy, else the starting model."""
+    step_dir = Path(step_dir)
+    candidates = [hf_assets_dir(step_dir.parent.parent)]
+    recorded = read_meta(step_dir).get("model", {}).get("tokenizer_dir")
+    if recorded:
+        candidates.append(Path(recorded))
+    for candidate in candidates:
+        if (candidate / "tokenizer_config.json").is_file() or (candidate / "tokenizer.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no tokenizer for checkpoint {step_dir}: looked in "
+                            f"{', '.join(str(c) for c in candidates)}")
 
 
 def eos_ids_of(model_dir: Path) -> tuple[int, ...]:
@@ -94,4 +120,4 @@ def load_policy(name: str | Path, mesh: Mesh | None = None, *, param_dtype=jnp.f
     restored = restore_params(step_dir, nnx.to_pure_dict(target))
     nnx.replace_by_pure_dict(state, restored)
     model = nnx.merge(graphdef, state)
-    return Policy(model, Path(info["tokenizer_dir"]), tuple(info["eos_ids"]), int(step_dir.name))
+    return Policy(model, tokenizer_dir_of(step_dir), tuple(info["eos_ids"]), int(step_dir.name))

@@ -199,11 +199,16 @@ class RLRunner:
     # --- checkpoints -----------------------------------------------------------------------------
 
     def _meta(self, step: int, metrics: dict) -> dict:
+        """Everything besides the arrays that an exact resume (and ``convert``) needs."""
         return {
+            "format": 1,
             "step": step,
             "data": self.stream.get_state(),
             "rng": np.asarray(jax.random.key_data(self.key)).tolist(),
             "config": to_dict(self.cfg),
+            "mesh": {str(k): int(v) for k, v in self.mesh.shape.items()},
+            "process_count": jax.process_count(),
+            "saved_at_unix_s": time.time(),
             "model": {"arch": dataclasses.asdict(self.policy.model.config),
                       "tokenizer_dir": str(Path(self.policy.tokenizer_dir).absolute()),
                       "eos_ids": list(self.policy.eos_ids)},
@@ -211,44 +216,93 @@ class RLRunner:
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         }
 
-    def _save(self, step: int, metrics: dict) -> None:
+    def _save(self, step: int, metrics: dict) -> bool:
+        """Starts saving the state after ``step`` completed steps (in the background when async).
+
+        Returns False when nothing was written: checkpoints are disabled, or the parameters or the
+        optimizer state are not finite (never saved, so retention only ever keeps good ones).
+        """
         if self.checkpointer is None:
-            return
+            return False
+        from justrl_jax.checkpoint import save_hf_assets
+
+        if self.primary:  # the tokenizer and configs, once, so the run converts on any machine
+            save_hf_assets(self.policy.tokenizer_dir, self.run_dir)
         params = nnx.to_pure_dict(self.state.params)
         other = {"opt_state": self.state.opt_state, "step": self.state.step,
                  "skipped_updates": self.state.skipped_updates}
-        if self.checkpointer.save(step, params, other, self._meta(step, metrics)):
-            log.info("checkpoint: step %d -> %s", step, self.checkpointer.directory / str(step))
+        saved = self.checkpointer.save(step, params, other, self._meta(step, metrics))
+        if saved:
+            log.info("checkpoint: step %d -> %s", step, self.checkpointer.step_dir(step))
+        return saved
 
     def _restore(self, resume: bool | str) -> None:
-        if self.checkpointer is None or resume is False:
-            return
-        if isinstance(resume, str):
-            from justrl_jax.model_source import find_checkpoint
+        """Continues from a checkpoint, or starts the run directory over.
 
+        ``True``: its newest complete checkpoint, if any. A path: that run directory's newest complete
+        checkpoint or that checkpoint step, onto this run's mesh, then this run directory continues
+        from it (its own newer checkpoints are deleted). ``False``: step 0, deleting old checkpoints.
+        """
+        from justrl_jax.checkpoint import dict_changes, read_meta, restore_step_dir
+        from justrl_jax.model_source import find_checkpoint
+
+        if self.checkpointer is None:
+            if isinstance(resume, (str, Path)):
+                raise ValueError(f"--resume {resume}: checkpoint.enabled is false in this run's config")
+            return
+        own = self.checkpointer
+        if resume is False:
+            dropped = own.delete_after(-1)
+            if dropped:
+                log.warning("--no-resume: deleted the checkpoints %s in %s; starting at step 0", dropped,
+                            own.directory)
+            return
+        if isinstance(resume, (str, Path)):
             step_dir = find_checkpoint(resume)
             if step_dir is None:
-                raise FileNotFoundError(f"--resume {resume}: not a run directory or checkpoint step")
-            restore_from = Checkpointer(step_dir.parent.parent, self.cfg.checkpoint)
-            step = int(step_dir.name)
+                raise FileNotFoundError(f"--resume {resume}: not a run directory or a checkpoint step directory")
+            source = "the checkpoint given by --resume"
         else:
-            restore_from = self.checkpointer
-            step = restore_from.latest_step()
-            if step is None:
+            latest = own.latest_step()
+            if latest is None:
+                log.info("no checkpoint in %s: starting at step 0", own.directory)
                 return
+            step_dir = own.step_dir(latest)
+            source = "the newest complete checkpoint of this run directory"
+        meta = read_meta(step_dir)
+        step = int(meta["step"])
+
+        differs = dict_changes(meta["model"]["arch"], dataclasses.asdict(self.policy.model.config))
+        if differs:
+            raise ValueError(f"checkpoint {step_dir} holds another architecture than model.path "
+                             f"({self.cfg.model.path}): " + ", ".join(
+                                 f"{k} {saved!r} (checkpoint) != {now!r}" for k, saved, now in differs))
+        changed = dict_changes(meta.get("config", {}), to_dict(self.cfg))
+        if changed:
+            log.warning("resuming with a config that differs from the checkpoint's: %s",
+                        "; ".join(f"{k}: {saved!r} -> {now!r}" for k, saved, now in changed))
+
         params_target = abstract_like(nnx.to_pure_dict(self.state.params))
         other_target = abstract_like({"opt_state": self.state.opt_state, "step": self.state.step,
                                       "skipped_updates": self.state.skipped_updates})
-        restored = restore_from.restore(step, params_target, other_target)
+        restored = restore_step_dir(step_dir, params_target, other_target)
         params = self.state.params
         nnx.replace_by_pure_dict(params, restored.params)
         other = restored.opt_state
         self.state = TrainState(params=params, opt_state=other["opt_state"], step=other["step"],
                                 skipped_updates=other["skipped_updates"])
-        self.stream.set_state(restored.meta["data"])
-        self.key = jax.random.wrap_key_data(jnp.asarray(restored.meta["rng"], dtype=jnp.uint32))
+        self.stream.set_state(meta["data"])
+        self.key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], dtype=jnp.uint32))
         self.start_step = step
-        log.warning("resuming from step %d (%s)", step, restore_from.directory / str(step))
+        # This run directory's history now continues from `step`: a checkpoint of the abandoned
+        # future (or another run's step of the same number) must not be resumed from or collide later.
+        same = step_dir.absolute().resolve() == own.step_dir(step).resolve()
+        dropped = own.delete_after(step if same else step - 1)
+        if dropped:
+            log.warning("deleted the checkpoints %s of %s: the run continues from step %d of %s",
+                        dropped, own.directory, step, step_dir)
+        log.warning("resuming from step %d (%s): %s, saved on mesh %s", step, step_dir, source,
+                    meta.get("mesh", "?"))
 
     # --- one step --------------------------------------------------------------------------------
 
@@ -320,38 +374,78 @@ class RLRunner:
     # --- the loop --------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        """Runs steps ``start_step .. total_steps - 1`` and returns the last step's metrics.
+
+        SIGTERM (preemption): the current step finishes, validation is skipped, a checkpoint is saved
+        and ``run`` returns normally, so the process exits 0 within one step plus one save.
+        Raises :class:`NonFiniteError` after ``loop.max_nonfinite_steps`` consecutive steps whose
+        updates were all skipped for non-finite gradients, and at once when the state due to be saved
+        holds a NaN or Inf; the newest checkpoint on disk is then the last good state.
+        """
         cfg = self.cfg
         stop = _Stop()
         previous = _install_stop_handlers(stop)
         last: dict = {}
         nonfinite = 0
+
+        def stopping() -> bool:
+            # Orbax saves collectively: all hosts must stop after the same step, even when SIGTERM
+            # reached them at different moments.
+            if jax.process_count() == 1:
+                return stop.requested
+            from jax.experimental import multihost_utils
+
+            return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
+
+        def newest_checkpoint() -> str:
+            if self.checkpointer is None:
+                return "checkpoints are disabled"
+            self.checkpointer.wait()
+            latest = self.checkpointer.latest_step()
+            if latest is None:
+                return f"no checkpoint was written in {self.checkpointer.directory}"
+            return f"the newest checkpoint, {self.checkpointer.step_dir(latest)}, holds the last good state"
+
         try:
             with Verifier(cfg.verifier) as self.verifier:
                 if self.start_step >= self.total_steps:
                     log.warning("nothing to do: the run is complete at step %d", self.start_step)
                 self._maybe_validate(self.start_step, first=True)
                 for step in range(self.start_step, self.total_steps):
+                    if step == self.start_step and stopping():
+                        log.warning("stopped by %s before step %d: nothing new to save",
+                                    stop.signal_name or "a signal to another host", step)
+                        break
                     # Hosts start each step together; one that died or hangs fails the others here.
                     barrier(f"step-{step}", cfg.loop.distributed_timeout_s)
                     last = self.step(step)
                     done = step + 1
                     all_skipped = last["actor/updates"] == 0
                     nonfinite = nonfinite + 1 if all_skipped else 0
-                    last.update(self._maybe_validate(done))
+                    stop_now = stopping()
+                    if not stop_now:  # preempted: save first, validate another time
+                        last.update(self._maybe_validate(done))
                     self.metrics.write(step, last)
                     self.metrics.progress(done, self.total_steps, last)
                     if nonfinite >= cfg.loop.max_nonfinite_steps:
                         raise NonFiniteError(
-                            f"{nonfinite} consecutive steps had only non-finite gradients (last at step {step}); "
-                            f"stopping. The newest checkpoint holds the last good parameters.")
-                    if stop.requested or done % cfg.checkpoint.every_steps == 0 or done == self.total_steps:
-                        self._save(done, last)
-                    if stop.requested:
-                        log.warning("stopped by %s after step %d; checkpoint saved", stop.signal_name, done)
+                            f"{nonfinite} consecutive steps had only non-finite gradients (up to step {step}): "
+                            f"every update was skipped (NaN/Inf loss or gradients, see actor/* in "
+                            f"{self.metrics.path}); stopping. {newest_checkpoint()}; resume from it with a "
+                            f"smaller train.optim.lr or other data.")
+                    if stop_now or done % cfg.checkpoint.every_steps == 0 or done == self.total_steps:
+                        if not self._save(done, last) and self.checkpointer is not None:
+                            raise NonFiniteError(
+                                f"after step {step} the parameters or optimizer state hold NaN/Inf (see the "
+                                f"log for which); not saved. {newest_checkpoint()}.")
+                    if stop_now:
+                        log.warning("stopped by %s after %d completed steps; %s",
+                                    stop.signal_name or "a signal to another host", done,
+                                    f"checkpoint {done} saved" if self.checkpointer else "checkpoints are disabled")
                         break
         finally:
             if self.checkpointer is not None:
-                self.checkpointer.close()
+                self.checkpointer.close()  # the last asynchronous save completes before we return
             self.metrics.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,0 +1,249 @@
+"""Preemption and resume of the real CLI: a run killed (SIGKILL, even mid-save) and resumed, or stopped
+by SIGTERM, is bitwise the uninterrupted run; --resume PATH and --no-resume; a diverging run stops.
+
+Every run compared bitwise runs in the same kind of process (``python -m justrl_jax.train`` on one
+CPU device): XLA's CPU code is deterministic for one configuration, not across configurations.
+"""
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+from tiny_run import read_jsonl
+
+from justrl_jax.checkpoint import complete_steps, read_meta
+from justrl_jax.model_source import load_policy
+from justrl_jax.rl_loop import RLRunner
+from justrl_jax.run_config import load_run_config
+
+STEPS = 6
+TIMEOUT_S = 300
+
+
+def _env(cache_dir: Path) -> dict:
+    # One CPU device, like every run compared; the compilation cache lets the runs after the first
+    # skip most of XLA's compile time (a cached executable is the very code the first run compiled).
+    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+            "HF_HUB_OFFLINE": "1", "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def _train_cmd(run_dir, *sets):
+    cmd = [sys.executable, "-m", "justrl_jax.train", "--run-dir", str(run_dir), "--mesh", "1x1",
+           "--set", f"loop.total_steps={STEPS}", "--set", "demo.sft_steps=30"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _with_assets(reference, run_dir):
+    """A new run directory with the reference's demo model and data (no warm start to redo)."""
+    shutil.copytree(reference / "demo_assets", run_dir / "demo_assets")
+    return run_dir
+
+
+def _raw(step_dir, item):
+    with ocp.StandardCheckpointer() as handler:
+        return jax.tree.map(np.asarray, handler.restore(step_dir.absolute() / item))
+
+
+def _flat(tree) -> dict:
+    """``{"a/b/0/c": array}``, the same for a train state in memory and Orbax's raw read of it (which
+    stores NamedTuples and Variables as dicts and tuples as lists)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        out["/".join(k for k in keys if k != "value")] = np.asarray(leaf)
+    return out
+
+
+def _assert_equal_trees(expected: dict, actual: dict, what: str) -> None:
+    assert expected.keys() == actual.keys(), (what, sorted(expected.keys() ^ actual.keys())[:5])
+    differ = [k for k in expected if not np.array_equal(expected[k], actual[k])]
+    assert not differ, f"{what} differ at {differ[:5]}"
+
+
+def _assert_same_checkpoint(a_run, b_run, step):
+    for item in ("params", "opt_state"):
+        _assert_equal_trees(_flat(_raw(a_run / "checkpoints" / str(step), item)),
+                            _flat(_raw(b_run / "checkpoints" / str(step), item)), f"step {step}: {item}")
+    meta_a, meta_b = (read_meta(r / "checkpoints" / str(step)) for r in (a_run, b_run))
+    assert meta_a["data"] == meta_b["data"]  # the data order continues exactly where it stopped
+    assert meta_a["rng"] == meta_b["rng"] and meta_a["train"] == meta_b["train"]
+
+
+def _comparable(records):
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in records]
+
+
+@dataclasses.dataclass
+class Outcome:
+    run_dir: Path
+    returncode: int
+    stderr: str
+    partial_at_kill: list[str] = dataclasses.field(default_factory=list)  # SIGKILL: tmp dirs it left
+    newest_at_kill: int | None = None
+    resumed: subprocess.CompletedProcess | None = None
+    stop_s: float = 0.0  # SIGTERM: seconds from the signal to the exit
+
+
+def _reference(run_dir, env) -> Outcome:
+    """The uninterrupted run, a checkpoint after every step (all kept): what every other run must equal."""
+    done = subprocess.run(_train_cmd(run_dir, "checkpoint.every_steps=1", f"checkpoint.keep={STEPS}"),
+                          env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return Outcome(run_dir, done.returncode, done.stderr)
+
+
+def _killed_during_a_save(run_dir, env) -> Outcome:
+    cmd = _train_cmd(run_dir, "checkpoint.every_steps=2", "checkpoint.keep=2")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = run_dir / "checkpoints"
+    deadline = time.time() + TIMEOUT_S
+    # Kill at the first sight of the save of step 4: Orbax writes it under '4.orbax-checkpoint-tmp'
+    # for a few hundred ms before renaming it, so the kill almost always lands mid-save.
+    while not (ckpts.is_dir() and any(p.name.startswith("4") for p in ckpts.iterdir())):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            return Outcome(run_dir, proc.wait(), "the run ended or hung before saving step 4")
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    out = Outcome(run_dir, proc.wait(), "")
+    out.partial_at_kill = sorted(p.name for p in ckpts.iterdir() if ".orbax-checkpoint-tmp" in p.name)
+    out.newest_at_kill = complete_steps(run_dir)[-1]
+    # The same command again: it must find the newest complete checkpoint and finish the run.
+    out.resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return out
+
+
+def _preempted(run_dir, env) -> Outcome:
+    cmd = _train_cmd(run_dir, "loop.total_steps=1000", "checkpoint.every_steps=1000")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + TIMEOUT_S
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            return Outcome(run_dir, proc.wait(), "the run ended or hung before its first step")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    return Outcome(run_dir, proc.returncode, err, stop_s=time.time() - sent)
+
+
+def _diverging(run_dir, env) -> Outcome:
+    done = subprocess.run(_train_cmd(run_dir, "train.optim.lr=1e30", "loop.max_nonfinite_steps=2",
+                                     "checkpoint.every_steps=1", "checkpoint.keep=2", "loop.total_steps=20"),
+                          env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return Outcome(run_dir, done.returncode, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Outcome]:
+    """The CLI runs of this module, side by side (each process keeps about one core busy)."""
+    root = tmp_path_factory.mktemp("runs")
+    env = _env(root / "xla_cache")
+    ref = _reference(root / "reference", env)  # first and alone: it fills the compilation cache
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert complete_steps(ref.run_dir) == list(range(1, STEPS + 1))
+    scenarios = {"killed": _killed_during_a_save, "preempted": _preempted, "diverging": _diverging}
+    with ThreadPoolExecutor(len(scenarios)) as pool:
+        futures = {name: pool.submit(fn, root / name, env) for name, fn in scenarios.items()}
+        return {"reference": ref, **{name: f.result() for name, f in futures.items()}}
+
+
+@pytest.fixture(scope="module")
+def reference(runs) -> Path:
+    return runs["reference"].run_dir
+
+
+def test_sigkill_during_a_save_then_resume_is_bitwise_identical(runs, reference):
+    killed = runs["killed"]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    newest = killed.newest_at_kill
+    # Mid-save (the usual case) the tmp directory of step 4 is left and step 2 is the newest complete one.
+    assert newest == (2 if killed.partial_at_kill else 4), (killed.partial_at_kill, newest)
+    resumed = killed.resumed
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ckpts = killed.run_dir / "checkpoints"
+    assert f"resuming from step {newest} ({ckpts / str(newest)})" in resumed.stderr
+    assert not any(".orbax-checkpoint-tmp" in p.name for p in ckpts.iterdir())  # the leftover is gone
+    assert complete_steps(killed.run_dir) == [4, STEPS]
+    for step in complete_steps(killed.run_dir):
+        _assert_same_checkpoint(reference, killed.run_dir, step)
+    ours, ref = read_jsonl(killed.run_dir / "metrics.jsonl"), read_jsonl(reference / "metrics.jsonl")
+    assert [r["step"] for r in ours] == list(range(STEPS))
+    assert _comparable(ours) == _comparable(ref)
+
+
+def test_sigterm_saves_the_exact_state_and_exits_zero(runs, reference):
+    preempted = runs["preempted"]
+    assert preempted.returncode == 0, preempted.stderr[-3000:]
+    assert preempted.stop_s < 30  # one step and one save
+    assert "SIGTERM" in preempted.stderr
+    saved = complete_steps(preempted.run_dir)
+    n_metrics = len(read_jsonl(preempted.run_dir / "metrics.jsonl"))
+    assert len(saved) == 1 and saved[0] == n_metrics, (saved, n_metrics)
+    assert saved[0] <= STEPS, "the steps ran faster than the signal arrived; nothing to compare with"
+    _assert_same_checkpoint(reference, preempted.run_dir, saved[0])
+
+
+def test_a_diverging_run_stops_and_keeps_a_finite_checkpoint(runs):
+    diverging = runs["diverging"]
+    run_dir = diverging.run_dir
+    assert diverging.returncode != 0
+    newest = complete_steps(run_dir)[-1]
+    message = diverging.stderr.strip().splitlines()[-1]
+    assert message.startswith("justrl_jax.rl_loop.NonFiniteError: 2 consecutive steps"), message
+    assert "had only non-finite gradients (up to step 3)" in message
+    assert f"the newest checkpoint, {run_dir / 'checkpoints' / str(newest)}, holds the last good state" in message
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["actor/updates"] for r in records[-2:]] == [0, 0] and len(records) < 20
+    policy = load_policy(run_dir)
+    assert policy.step == newest
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(nnx.state(policy.model, nnx.Param)))
+    opt = _flat(_raw(run_dir / "checkpoints" / str(newest), "opt_state"))
+    assert all(np.all(np.isfinite(x)) for x in opt.values())
+
+
+def _cfg(*overrides):
+    return load_run_config(None, [f"loop.total_steps={STEPS}", "demo.sft_steps=30", *overrides])
+
+
+def test_resume_path_onto_another_mesh(tmp_path, reference):
+    """--resume another run's step: this run continues from it, on a 2x8 mesh instead of one device."""
+    run_dir = _with_assets(reference, tmp_path / "branch")
+    source = reference / "checkpoints" / "3"
+    runner = RLRunner(_cfg(), run_dir, mesh_spec="2x8", resume=str(source))
+    assert runner.start_step == 3
+    assert runner.stream.get_state() == read_meta(source)["data"]
+    _assert_equal_trees(_flat(_raw(source, "params")), _flat(runner.state.params), "params")
+    other = _raw(source, "opt_state")
+    _assert_equal_trees(_flat(other["opt_state"]), _flat(runner.state.opt_state), "optimizer state")
+    assert int(runner.state.step) == int(other["step"]) > 0
+    assert dict(next(iter(jax.tree.leaves(runner.state.params))).sharding.mesh.shape) == {"fsdp": 2, "tensor": 8}
+    runner.checkpointer.close()
+    runner.metrics.close()
+
+
+def test_no_resume_starts_the_run_directory_over(tmp_path, reference):
+    run_dir = tmp_path / "again"
+    shutil.copytree(reference, run_dir)
+    runner = RLRunner(_cfg(), run_dir, mesh_spec="1x1", devices=jax.devices()[:1], resume=False)
+    assert runner.start_step == 0
+    assert complete_steps(run_dir) == []  # else a later save of step 1 would meet the old run's step 1
+    assert read_jsonl(run_dir / "metrics.jsonl") == []
+    runner.checkpointer.close()
+    runner.metrics.close()
