@@ -17,28 +17,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+from verifier_cases import CASES_PATH, load_cases
 
 from justrl_jax.verifier import VerdictStatus, Verifier, VerifierConfig, VerifierMode, robust_verdict
 
-CASES_PATH = Path(os.environ.get("JUSTRL_VERIFIER_CASES",
-                                 Path(__file__).resolve().parents[2] / "shared" / "verifier_cases_dev.jsonl"))
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TIMEOUT_S = 2.0
 
 
 def _adversarial_cases() -> list[dict]:
-    if not CASES_PATH.is_file():
-        return []
-    cases = []
-    with CASES_PATH.open(encoding="utf-8", errors="surrogatepass") as f:
-        for line in f:
-            case = json.loads(line) if line.strip() else {}
-            if "max_seconds" in case and case["mode_hint"] in ("any", "robust") and not case["disputed"]:
-                if "response" not in case:
-                    build = case["response_build"]
-                    case["response"] = build["prefix"] + build["repeat"] * build["times"] + build["suffix"]
-                cases.append(case)
-    return cases
+    return [c for c in load_cases()
+            if "max_seconds" in c and c["mode_hint"] in ("any", "robust") and not c["disputed"]]
 
 
 ADVERSARIAL = _adversarial_cases()

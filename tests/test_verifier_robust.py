@@ -7,12 +7,10 @@ verdicts on the same cases (robust mode must beat it), and hand-checked mathemat
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from pathlib import Path
 
 import pytest
+from verifier_cases import CASES_PATH, load_cases
 
 from justrl_jax.verifier import VerdictStatus, robust_verdict
 from justrl_jax.verifier.extract import AnswerSource, count_items, final_answer
@@ -20,24 +18,7 @@ from justrl_jax.verifier.latex import GuardError, ParseError, parse_answer
 from justrl_jax.verifier.normalize import normalize_answer, single_number
 from justrl_jax.verifier.robust import prepare
 
-CASES_PATH = Path(os.environ.get("JUSTRL_VERIFIER_CASES",
-                                 Path(__file__).resolve().parents[2] / "shared" / "verifier_cases_dev.jsonl"))
 BARE_ANSWER_CHARS = 200  # a response this short without a box is a bare answer, scored inside \boxed{}
-
-
-def _load_cases() -> list[dict]:
-    if not CASES_PATH.is_file():
-        return []
-    cases = []
-    with CASES_PATH.open(encoding="utf-8", errors="surrogatepass") as f:
-        for line in f:
-            if line.strip():
-                case = json.loads(line)
-                if "response" not in case:
-                    build = case["response_build"]
-                    case["response"] = build["prefix"] + build["repeat"] * build["times"] + build["suffix"]
-                cases.append(case)
-    return cases
 
 
 def as_model_output(response: str) -> str:
@@ -48,7 +29,7 @@ def as_model_output(response: str) -> str:
     return response
 
 
-CASES = _load_cases()
+CASES = load_cases()
 ROBUST_CASES = [c for c in CASES if c["mode_hint"] in ("any", "robust") and not c["disputed"]]
 needs_cases = pytest.mark.skipif(not CASES, reason=f"case file {CASES_PATH} not found")
 

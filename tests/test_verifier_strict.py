@@ -7,12 +7,10 @@ the recipe's formulas for the overlong penalty.
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from pathlib import Path
 
 import pytest
+from verifier_cases import CASES_PATH, load_cases
 
 from justrl_jax.verifier import (
     OverlongConfig,
@@ -24,27 +22,7 @@ from justrl_jax.verifier import (
 )
 from justrl_jax.verifier.extract import clean_gold, strict_box
 
-CASES_PATH = Path(os.environ.get("JUSTRL_VERIFIER_CASES",
-                                 Path(__file__).resolve().parents[2] / "shared" / "verifier_cases_dev.jsonl"))
-
-
-def _load_cases() -> list[dict]:
-    if not CASES_PATH.is_file():
-        return []
-    cases = []
-    # errors="surrogatepass": the file may hold a lone surrogate on purpose.
-    with CASES_PATH.open(encoding="utf-8", errors="surrogatepass") as f:
-        for line in f:
-            if line.strip():
-                case = json.loads(line)
-                if "response" not in case:
-                    build = case["response_build"]
-                    case["response"] = build["prefix"] + build["repeat"] * build["times"] + build["suffix"]
-                cases.append(case)
-    return cases
-
-
-CASES = _load_cases()
+CASES = load_cases()
 needs_cases = pytest.mark.skipif(not CASES, reason=f"case file {CASES_PATH} not found")
 
 

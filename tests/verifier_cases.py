@@ -1,0 +1,27 @@
+"""../shared/verifier_cases_dev.jsonl, loaded once for the verifier tests (``JUSTRL_VERIFIER_CASES`` overrides)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+CASES_PATH = Path(os.environ.get("JUSTRL_VERIFIER_CASES",
+                                 Path(__file__).resolve().parents[2] / "shared" / "verifier_cases_dev.jsonl"))
+
+
+def load_cases() -> list[dict]:
+    """Every case, with ``response_build`` (prefix + repeat * times + suffix) expanded into ``response``."""
+    if not CASES_PATH.is_file():
+        return []
+    cases = []
+    # errors="surrogatepass": the file may hold a lone surrogate on purpose.
+    with CASES_PATH.open(encoding="utf-8", errors="surrogatepass") as f:
+        for line in f:
+            if line.strip():
+                case = json.loads(line)
+                if "response" not in case:
+                    build = case["response_build"]
+                    case["response"] = build["prefix"] + build["repeat"] * build["times"] + build["suffix"]
+                cases.append(case)
+    return cases
