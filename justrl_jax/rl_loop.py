@@ -91,15 +91,6 @@ def check_against_mesh(cfg: RunConfig, mesh) -> None:
                          f"data-parallel size {dp} (mesh {dict(mesh.shape)})")
 
 
-def _host(x) -> np.ndarray:
-    """A (possibly multi-host sharded) array as a full numpy array on this host."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
 def _to_global(tree, mesh, spec):
     """Host numpy (identical on every process) -> global arrays sharded by ``spec``."""
     sharding = jax.sharding.NamedSharding(mesh, spec)
@@ -315,10 +306,9 @@ class RLRunner:
         t = time.perf_counter()
         rollout = self.sampler.generate(self.state.params, batch.prompt_ids, batch.prompt_mask,
                                         n=cfg.rollout.samples_per_prompt, key=jax.random.fold_in(self.key, step))
-        completion = _host(rollout.completion_ids)
-        completion_mask = _host(rollout.completion_mask).astype(bool)
-        lengths = completion_mask.sum(axis=1)
-        finish = _host(rollout.finish)
+        # The Rollout is already gathered to every host as numpy (the sampler does it per wave).
+        completion, completion_mask = rollout.completion_ids, rollout.completion_mask
+        lengths, finish = completion_mask.sum(axis=1), rollout.finish
         times["time/generate_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
