@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from justrl_jax.memory_plan import DEVICE_MEMORY, PlanInputs, advice, plan_memory
+from justrl_jax.memory_plan import DEVICE_MEMORY, advice, plan_memory
 from justrl_jax.sharding import MeshConfig
 
 
@@ -53,14 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     arch = architecture_of(cfg.model.path)
     r = cfg.rollout
-    fsdp = mesh.fsdp
-    micro = max(1, cfg.train.micro_batch_size // fsdp)
-    inputs = PlanInputs(
-        rollout_sequences=r.sequences, prompt_tokens=cfg.data.max_prompt_tokens, max_new_tokens=r.max_new_tokens,
-        micro_batch_sequences=micro, compute_bytes=2 if cfg.model.dtype.value == "bfloat16" else 4,
-        kv_cache_bytes_per_value=2 if cfg.model.dtype.value == "bfloat16" else 4,
-        logp_chunk_tokens=cfg.train.logp_chunk_size,
-    )
+    inputs = cfg.plan_inputs(mesh.fsdp)
+    micro = inputs.micro_batch_sequences
     plan = plan_memory(arch, mesh, devices, inputs, device=args.device)
     print(f"{args.config} on mesh {mesh} ({devices} x {args.device}), {r.sequences} responses of up to "
           f"{inputs.prompt_tokens} + {inputs.max_new_tokens} tokens, {micro} sequence(s) per device per micro-batch")

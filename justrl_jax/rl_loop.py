@@ -166,18 +166,13 @@ class RLRunner:
 
     def _check_memory(self, arch) -> None:
         """Prints the memory plan and refuses, before anything compiles, what cannot fit the device."""
-        from justrl_jax.memory_plan import PlanInputs, advice, plan_memory
+        from justrl_jax.memory_plan import advice, plan_memory
 
         cfg = self.cfg
         stats = jax.local_devices()[0].memory_stats() or {}
         limit = stats.get("bytes_limit")
         fsdp, tensor = self.mesh.shape["fsdp"], self.mesh.shape["tensor"]
-        itemsize = 2 if cfg.model.dtype.value == "bfloat16" else 4
-        inputs = PlanInputs(
-            rollout_sequences=cfg.rollout.sequences, prompt_tokens=cfg.data.max_prompt_tokens,
-            max_new_tokens=cfg.rollout.max_new_tokens, micro_batch_sequences=max(1, cfg.train.micro_batch_size // fsdp),
-            compute_bytes=itemsize, kv_cache_bytes_per_value=itemsize, logp_chunk_tokens=cfg.train.logp_chunk_size,
-            sampler_waves=1 if limit is None else 0)
+        inputs = cfg.plan_inputs(fsdp, sampler_waves=1 if limit is None else 0)
         plan = plan_memory(arch, MeshConfig(fsdp, tensor), fsdp * tensor, inputs)
         if limit is not None:
             plan = dataclasses.replace(plan, device_memory=int(limit))
