@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 
-def read_prompt_lines(path: Path) -> list[dict]:
-    """Parses the prompt file; a bad line is an error naming its number."""
+def read_prompt_lines(path: Path) -> list[tuple[int, dict]]:
+    """Parses the prompt file into (line number, object) pairs; a bad line is an error naming its number."""
     if not path.exists():
         raise FileNotFoundError(f"prompts file {path} does not exist")
     rows = []
@@ -39,7 +39,7 @@ def read_prompt_lines(path: Path) -> list[dict]:
         if has_ids and not (isinstance(row["prompt_ids"], list) and row["prompt_ids"]
                             and all(isinstance(t, int) and t >= 0 for t in row["prompt_ids"])):
             raise ValueError(f"{path}: line {number}: 'prompt_ids' must be a non-empty list of token ids")
-        rows.append(row)
+        rows.append((number, row))
     if not rows:
         raise ValueError(f"{path}: no prompts")
     return rows
@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the chat template to text prompts")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
+    p.add_argument("--prompt-bucket", type=int, default=64, help="prompts are left-padded to a multiple of this")
+    p.add_argument("--kv-cache-budget-gb", type=float, default=0.0,
+                   help="KV-cache bytes per device; above it a call runs in waves (0: no limit)")
+    p.add_argument("--decode-chunk", type=int, default=0,
+                   help="grow the KV cache by this many tokens at a time (0: allocate it whole)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     p.add_argument("--mesh", default=None, help="e.g. 4x4; default: one device")
     return p
@@ -66,8 +71,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
-        print("error: --n, --max-new-tokens and --batch-size must be >= 1", file=sys.stderr)
+    if min(args.n, args.max_new_tokens, args.batch_size, args.prompt_bucket) < 1:
+        print("error: --n, --max-new-tokens, --batch-size and --prompt-bucket must be >= 1", file=sys.stderr)
+        return 2
+    if args.kv_cache_budget_gb < 0 or args.decode_chunk < 0:
+        print("error: --kv-cache-budget-gb and --decode-chunk must be >= 0", file=sys.stderr)
         return 2
     try:
         rows = read_prompt_lines(args.prompts)
@@ -87,28 +95,41 @@ def main(argv: list[str] | None = None) -> int:
     from justrl_jax.sampling import strategy_for
     from justrl_jax.sharding import make_mesh
 
+    try:  # settings are checked before the model is loaded
+        strategy = strategy_for(args.temperature, args.top_p, args.top_k, greedy=args.greedy)
+        config = SamplerConfig(max_new_tokens=args.max_new_tokens, strategy=strategy, prompt_bucket=args.prompt_bucket,
+                               kv_cache_budget_bytes=int(args.kv_cache_budget_gb * 2**30) or None,
+                               decode_chunk=args.decode_chunk)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     mesh = make_mesh(args.mesh) if args.mesh else None
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     policy = load_policy(args.model, mesh, compute_dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else policy.eos_ids[0]
     token_ids = []
-    for row in rows:
+    vocab = policy.model.config.vocab_size
+    for number, row in rows:
         if "prompt_ids" in row:
-            token_ids.append(list(row["prompt_ids"]))
+            ids = list(row["prompt_ids"])
         else:
             text = row["prompt"] if args.raw or not tokenizer.chat_template else chat_text(tokenizer, row["prompt"])
-            token_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    strategy = strategy_for(args.temperature, args.top_p, args.top_k, greedy=args.greedy)
-    sampler = Sampler(policy.model, SamplerConfig(max_new_tokens=args.max_new_tokens, strategy=strategy),
-                      mesh=mesh, eos_ids=policy.eos_ids, pad_id=int(pad_id))
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids or max(ids) >= vocab:
+            print(f"error: {args.prompts}: line {number}: the prompt is empty or holds a token id outside the "
+                  f"model's vocabulary (size {vocab})", file=sys.stderr)
+            return 2
+        token_ids.append(ids)
+    rows = [row for _, row in rows]
+    sampler = Sampler(policy.model, config, mesh=mesh, eos_ids=policy.eos_ids, pad_id=int(pad_id))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
     with args.output.open("w", encoding="utf-8") as out:
         for start in range(0, len(rows), args.batch_size):
             chunk = list(range(start, min(start + args.batch_size, len(rows))))
             examples = [PromptExample(problem=str(i), gold="") for i in chunk]
-            batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=64)
+            batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=args.prompt_bucket)
             rollout = sampler.generate(policy.model, batch.prompt_ids, batch.prompt_mask, n=args.n,
                                        key=jax.random.fold_in(key, start))
             for j, i in enumerate(chunk):

@@ -228,7 +228,8 @@ class Sampler:
         self.pad_id = int(pad_id)
         self.prefill_fn = jax.jit(self._prefill, static_argnames=("slots",))
         self.decode_fn = jax.jit(self._decode, donate_argnames=("state",))
-        self.grow_fn = jax.jit(self._grow_state, static_argnames=("slots",), donate_argnames=("state",))
+        # Not donated: the grown cache has a new shape, so XLA could not reuse the old buffers anyway.
+        self.grow_fn = jax.jit(self._grow_state, static_argnames=("slots",))
 
     # --- the compiled programs -------------------------------------------------------------------
 

@@ -2,10 +2,10 @@
 
 Every strategy also reports the log-probability of the token it picked under the *policy*:
 ``log_softmax(logits / T)[token]``, temperature-scaled but before any top-p / top-k truncation. That is
-the quantity the trainer recomputes (at the recipe's T = 1.0 it is the model's own log-probability)
-and what vLLM (V1, processed logprobs) and verl log; the truncated distribution's log-probability would
-differ by ``log(kept mass)`` and is not what the policy loss uses. :class:`Greedy` reports the
-untempered ``log_softmax(logits)``.
+the quantity the trainer recomputes (verl's actor divides its logits by the rollout temperature; at the
+recipe's T = 1.0 it is the model's own log-probability), so the two can be compared token by token. The
+truncated distribution's log-probability would differ by ``log(kept mass)`` and is not what the policy
+loss uses. :class:`Greedy` reports the untempered ``log_softmax(logits)``.
 
 How a token is drawn, and why (measured on CPU, B = 128, V = 32,000):
 
@@ -41,14 +41,36 @@ _FLOAT_ONE_BITS = 0x3F800000  # bit pattern of float32 1.0: an upper bound on no
 class Strategy(Protocol):
     """What the sampler needs from a strategy."""
 
+    temperature: float
+
     def sample(self, logits: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, jax.Array]:
         """logits [B,V] f32, uniforms [B] in [0, 1) -> (tokens [B] int32, policy logprobs [B] f32)."""
+        ...
+
+    def support(self, logits: jax.Array) -> jax.Array:
+        """[B,V] bool: the tokens this strategy can draw from each row."""
         ...
 
     def __call__(self, logits: jax.Array, uniforms: jax.Array) -> jax.Array: ...
 
 
-class _Base:
+class _Sampled:
+    """Shared by the random strategies: draw from the kept (possibly truncated) weights by inverse CDF,
+    report the log-probability under the untruncated tempered policy."""
+
+    temperature: float
+
+    def _kept(self, weights: jax.Array) -> jax.Array:
+        return weights
+
+    def sample(self, logits, uniforms):
+        scores, weights, log_total = _scaled_weights(logits, self.temperature)
+        tokens = inverse_cdf(self._kept(weights), uniforms)
+        return tokens, _take(scores, tokens) - log_total
+
+    def support(self, logits):
+        return self._kept(_scaled_weights(logits, self.temperature)[1]) > 0
+
     def __call__(self, logits: jax.Array, uniforms: jax.Array) -> jax.Array:
         """logits [B,V] f32, uniforms [B] -> tokens [B] int32."""
         return self.sample(logits, uniforms)[0]
@@ -59,23 +81,36 @@ def _check_temperature(owner: str, temperature: float) -> None:
         raise ValueError(f"{owner}.temperature must be a finite number > 0, got {temperature!r}")
 
 
+def _check_int(owner: str, name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be an int (<= 0: off), got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
-class Greedy(_Base):
+class Greedy:
     """The most likely token (ties: the lowest id, as ``argmax``); logprobs of the untempered policy."""
+
+    temperature = 1.0  # for the reported logprobs; not a field
 
     def sample(self, logits, uniforms):
         del uniforms
         logits = logits.astype(jnp.float32)
         top = jnp.max(logits, axis=-1, keepdims=True)
-        # argmax as "first index holding the max": XLA:CPU's variadic argmax reduction is ~10x slower.
-        ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
-        tokens = jnp.min(jnp.where(logits == top, ids, logits.shape[-1]), axis=-1)
+        tokens = _first_max(logits, top)
         log_total = jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
         return tokens, _take(logits, tokens) - top[:, 0] - log_total
 
+    def support(self, logits):
+        logits = logits.astype(jnp.float32)
+        tokens = _first_max(logits, jnp.max(logits, axis=-1, keepdims=True))
+        return jnp.arange(logits.shape[-1])[None, :] == tokens[:, None]
+
+    def __call__(self, logits: jax.Array, uniforms: jax.Array) -> jax.Array:
+        return self.sample(logits, uniforms)[0]
+
 
 @dataclasses.dataclass(frozen=True)
-class Temperature(_Base):
+class Temperature(_Sampled):
     """Samples from ``softmax(logits / temperature)``."""
 
     temperature: float = 1.0
@@ -83,42 +118,33 @@ class Temperature(_Base):
     def __post_init__(self):
         _check_temperature("Temperature", self.temperature)
 
-    def sample(self, logits, uniforms):
-        scores, weights, log_total = _scaled_weights(logits, self.temperature)
-        tokens = inverse_cdf(weights, uniforms)
-        return tokens, _take(scores, tokens) - log_total
-
 
 @dataclasses.dataclass(frozen=True)
-class TopP(_Base):
+class TopP(_Sampled):
     """Nucleus sampling from ``softmax(logits / temperature)``: the most likely tokens whose mass reaches
     ``p``, renormalised. With ``top_k >= 1`` the nucleus is taken within the ``top_k`` most likely tokens
-    (top-k first, then top-p, as vLLM). ``p == 1`` and ``top_k <= 0`` skip truncation."""
+    (top-k first, then top-p, as vLLM and transformers). ``p == 1`` and ``top_k <= 0`` skip truncation."""
 
     p: float
     temperature: float = 1.0
     top_k: int = -1
 
     def __post_init__(self):
-        if not (isinstance(self.p, (int, float)) and 0 < self.p <= 1):
+        if not (isinstance(self.p, (int, float)) and not isinstance(self.p, bool) and 0 < self.p <= 1):
             raise ValueError(f"TopP.p must be in (0, 1], got {self.p!r}")
         _check_temperature("TopP", self.temperature)
-        if not isinstance(self.top_k, int):
-            raise ValueError(f"TopP.top_k must be an int (<= 0: off), got {self.top_k!r}")
+        _check_int("TopP", "top_k", self.top_k)
 
-    def sample(self, logits, uniforms):
-        scores, weights, log_total = _scaled_weights(logits, self.temperature)
-        kept = weights
+    def _kept(self, weights):
         if self.top_k > 0:
-            kept = _top_k_weights(kept, self.top_k)
+            weights = _top_k_weights(weights, self.top_k)
         if self.p < 1.0:
-            kept = _top_p_weights(kept, self.p)
-        tokens = inverse_cdf(kept, uniforms)
-        return tokens, _take(scores, tokens) - log_total
+            weights = _top_p_weights(weights, self.p)
+        return weights
 
 
 @dataclasses.dataclass(frozen=True)
-class TopK(_Base):
+class TopK(_Sampled):
     """Samples among the ``k`` most likely tokens of ``softmax(logits / temperature)`` (ties at the k-th
     value all kept, as transformers). ``k <= 0`` skips truncation."""
 
@@ -126,19 +152,18 @@ class TopK(_Base):
     temperature: float = 1.0
 
     def __post_init__(self):
-        if not isinstance(self.k, int):
-            raise ValueError(f"TopK.k must be an int (<= 0: off), got {self.k!r}")
+        _check_int("TopK", "k", self.k)
         _check_temperature("TopK", self.temperature)
 
-    def sample(self, logits, uniforms):
-        scores, weights, log_total = _scaled_weights(logits, self.temperature)
-        kept = _top_k_weights(weights, self.k) if self.k > 0 else weights
-        tokens = inverse_cdf(kept, uniforms)
-        return tokens, _take(scores, tokens) - log_total
+    def _kept(self, weights):
+        return _top_k_weights(weights, self.k) if self.k > 0 else weights
 
 
 def strategy_for(temperature: float, top_p: float = 1.0, top_k: int = -1, greedy: bool = False) -> Strategy:
-    """The simplest strategy for vLLM-style settings (``temperature == 0`` or ``greedy`` means greedy)."""
+    """The simplest strategy for vLLM-style settings (``temperature == 0`` or ``greedy`` means greedy;
+    ``top_k <= 0`` means no top-k)."""
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if greedy or temperature == 0:
         return Greedy()
     if top_p < 1.0:
@@ -149,6 +174,12 @@ def strategy_for(temperature: float, top_p: float = 1.0, top_k: int = -1, greedy
 
 
 # --- the shared pieces ----------------------------------------------------------------------------
+
+def _first_max(logits: jax.Array, top: jax.Array) -> jax.Array:
+    """argmax as "the first index holding the max": XLA:CPU's variadic argmax reduction is ~10x slower."""
+    ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(logits == top, ids, logits.shape[-1]), axis=-1)
+
 
 def _take(x: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]

@@ -6,6 +6,11 @@ prompts, the same number of new tokens, with no EOS (every row runs to the end),
 tokens. The timed runs of the two sides are interleaved (load from other processes hits both alike);
 each side's time is the median of its runs. justrl_jax's first call (compilation) is reported apart.
 
+PyTorch's OpenMP threads busy-wait after each parallel region by default; when the two sides alternate
+on a small CPU, the spinning threads and XLA's pool starve each other (measured at batch 8: transformers
+25x and justrl_jax 4x slower than alone). The script sets ``OMP_WAIT_POLICY=PASSIVE`` before torch is
+imported, so each side runs as fast as it does alone.
+
 Usage::
 
     python scripts/bench_sampler.py                       # batches 8, 32, 128; 64 prompt + 128 new tokens
@@ -17,14 +22,13 @@ Each batch prints a line ending in ``ratio <justrl_jax tokens/s / transformers t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 
 import jax
 import numpy as np
-import torch
-import transformers
 from flax import nnx
 
 from justrl_jax.hf_io import load_hf_model
@@ -32,7 +36,10 @@ from justrl_jax.sampler import Sampler, SamplerConfig
 from justrl_jax.sampling import Temperature
 
 
-def _hf_model(args) -> transformers.Qwen2ForCausalLM:
+def _hf_model(args):
+    import torch
+    import transformers
+
     torch.manual_seed(0)
     cfg = transformers.Qwen2Config(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
@@ -44,13 +51,16 @@ def _hf_model(args) -> transformers.Qwen2ForCausalLM:
 
 class TorchGenerate:
     def __init__(self, model, prompts: np.ndarray, new_tokens: int):
+        import torch
+
+        self.torch = torch
         self.model = model
         self.ids = torch.as_tensor(prompts, dtype=torch.long)
         self.mask = torch.ones_like(self.ids)
         self.new_tokens = new_tokens
 
     def __call__(self) -> int:
-        with torch.no_grad():
+        with self.torch.no_grad():
             out = self.model.generate(
                 input_ids=self.ids, attention_mask=self.mask, do_sample=True, temperature=1.0, top_p=1.0,
                 top_k=0, max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, eos_token_id=None,
@@ -84,6 +94,8 @@ def main():
     ap.add_argument("--decode-chunk", type=int, default=0, help="justrl_jax SamplerConfig.decode_chunk")
     ap.add_argument("--iters", type=int, default=3)
     args = ap.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is first imported (see the docstring)
+    import torch
 
     hf = _hf_model(args)
     with tempfile.TemporaryDirectory() as tmp:

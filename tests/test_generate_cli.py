@@ -52,3 +52,18 @@ def test_malformed_prompt_line_is_named(tmp_path):
     prompts.write_text('{"prompt": "ok"}\n{"prompt": \n')
     res = _run("--model", str(tmp_path), "--prompts", str(prompts), "--output", str(tmp_path / "o.jsonl"))
     assert res.returncode == 2 and "line 2" in res.stderr
+
+
+def test_bad_settings_and_out_of_vocabulary_ids_are_errors(tmp_path, capsys):
+    from justrl_jax.generate import main
+
+    path, _ = make_hf_qwen2(tmp_path / "hf", vocab=448, hidden=64, heads=4, kv_heads=2)
+    save_tiny_tokenizer(ChatStyle.CHATML, path)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n\n{"prompt_ids": [1, 2, 448]}\n')
+    common = ["--model", str(path), "--prompts", str(prompts), "--output", str(tmp_path / "o.jsonl")]
+    assert main([*common, "--top-p", "1.5"]) == 2
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err
+    assert main([*common, "--kv-cache-budget-gb", "-1"]) == 2
+    assert main(common) == 2
+    assert "line 3" in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
