@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
 
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     """When and how checkpoints are written (JustRL: every 50 steps)."""
@@ -73,9 +74,18 @@ def hf_assets_dir(run_dir: str | Path) -> Path:
 
 
 # Everything an HF model directory holds except its weights (small files: copied once per run).
-_HF_ASSET_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja", "tokenizer.model")
+_HF_ASSET_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+)
 
 
 def save_hf_assets(source_dir: str | Path, run_dir: str | Path) -> Path:
@@ -96,8 +106,13 @@ def save_hf_assets(source_dir: str | Path, run_dir: str | Path) -> Path:
 def is_complete(step_dir: str | Path) -> bool:
     """True for a finalized justrl_jax checkpoint step directory (never for a partial save)."""
     step_dir = Path(step_dir)
-    return (step_dir.name.isdigit() and (step_dir / "params").is_dir() and (step_dir / "opt_state").is_dir()
-            and (step_dir / "meta" / "metadata").is_file() and ocp.utils.is_checkpoint_finalized(step_dir))
+    return (
+        step_dir.name.isdigit()
+        and (step_dir / "params").is_dir()
+        and (step_dir / "opt_state").is_dir()
+        and (step_dir / "meta" / "metadata").is_file()
+        and ocp.utils.is_checkpoint_finalized(step_dir)
+    )
 
 
 def complete_steps(run_dir: str | Path) -> list[int]:
@@ -116,8 +131,11 @@ def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
 
 def nonfinite_leaves(tree) -> list[str]:
     """Key paths of the floating leaves of ``tree`` holding a NaN or Inf (empty when all are finite)."""
-    pairs = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-             if jnp.issubdtype(_dtype(x), jnp.floating)]
+    pairs = [
+        (jax.tree_util.keystr(path), x)
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if jnp.issubdtype(_dtype(x), jnp.floating)
+    ]
     if not pairs:
         return []
     flags = _finite_flags([x for _, x in pairs])
@@ -185,8 +203,9 @@ class Checkpointer:
     def restore(self, step: int, abstract_params, abstract_opt_state) -> Restored:
         """Restores ``step`` onto the shardings carried by the abstract targets (any mesh)."""
         if step not in self._manager.all_steps():
-            raise FileNotFoundError(f"{self.directory} has no complete checkpoint at step {step}; "
-                                    f"available: {self.all_steps()}")
+            raise FileNotFoundError(
+                f"{self.directory} has no complete checkpoint at step {step}; available: {self.all_steps()}"
+            )
         return restore_step_dir(self.step_dir(step), abstract_params, abstract_opt_state)
 
     def delete_after(self, step: int) -> list[int]:
@@ -256,8 +275,11 @@ def dict_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
         return out
 
     a, b = flat(saved), flat(_jsonable(current))
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
+    return [
+        (k, a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
+    ]
 
 
 def abstract_like(tree, shardings=None):

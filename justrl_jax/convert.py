@@ -17,7 +17,7 @@ from justrl_jax.checkpoint import checkpoint_dir, complete_steps, is_complete
 
 def checkpoint_to_convert(run_dir: str | Path, step: int | None = None) -> Path:
     """The step directory ``convert`` reads: ``step`` of ``run_dir``, or its newest complete one."""
-    from justrl_jax.model_source import find_checkpoint
+    from justrl_jax.model.source import find_checkpoint
 
     run_dir = Path(run_dir)
     if step is None:
@@ -29,15 +29,16 @@ def checkpoint_to_convert(run_dir: str | Path, step: int | None = None) -> Path:
         raise ValueError(f"--step {step} needs a run directory, but {run_dir} is already one checkpoint step")
     step_dir = checkpoint_dir(run_dir) / str(step)
     if not is_complete(step_dir):
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint at step {step}; "
-                                f"available: {complete_steps(run_dir)}")
+        raise FileNotFoundError(
+            f"{run_dir} has no complete checkpoint at step {step}; available: {complete_steps(run_dir)}"
+        )
     return step_dir
 
 
 def convert(run_dir: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "bfloat16") -> Path:
     """Exports one checkpoint of ``run_dir`` (default: the newest complete) as an HF directory ``out``."""
-    from justrl_jax.hf_io import export_hf_model
-    from justrl_jax.model_source import load_policy
+    from justrl_jax.model.hf_io import export_hf_model
+    from justrl_jax.model.source import load_policy
 
     if dtype not in ("bfloat16", "float32"):
         raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {dtype!r}")

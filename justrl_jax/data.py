@@ -61,21 +61,21 @@ class DataConfig:
         if not isinstance(self.path, str):
             raise ValueError(f"data.path must be a string, got {self.path!r}")
         if not isinstance(self.file_format, FileFormat):
-            raise ValueError(f"data.file_format must be one of {[f.value for f in FileFormat]}, "
-                             f"got {self.file_format!r}")
+            raise ValueError(
+                f"data.file_format must be one of {[f.value for f in FileFormat]}, got {self.file_format!r}"
+            )
         if not isinstance(self.prompt_format, PromptFormat):
-            raise ValueError(f"data.prompt_format must be one of {[f.value for f in PromptFormat]}, "
-                             f"got {self.prompt_format!r}")
+            raise ValueError(
+                f"data.prompt_format must be one of {[f.value for f in PromptFormat]}, got {self.prompt_format!r}"
+            )
         if not _is_int(self.max_prompt_tokens) or self.max_prompt_tokens < 1:
-            raise ValueError(f"data.max_prompt_tokens must be an integer >= 1, "
-                             f"got {self.max_prompt_tokens!r}")
+            raise ValueError(f"data.max_prompt_tokens must be an integer >= 1, got {self.max_prompt_tokens!r}")
         if not _is_int(self.bucket_multiple) or self.bucket_multiple < 1:
             raise ValueError(f"data.bucket_multiple must be an integer >= 1, got {self.bucket_multiple!r}")
         if not _is_int(self.shuffle_seed) or not 0 <= self.shuffle_seed < 2**32:
             raise ValueError(f"data.shuffle_seed must be an integer in [0, 2**32), got {self.shuffle_seed!r}")
         if self.num_epochs is not None and (not _is_int(self.num_epochs) or self.num_epochs < 1):
-            raise ValueError(f"data.num_epochs must be None (forever) or an integer >= 1, "
-                             f"got {self.num_epochs!r}")
+            raise ValueError(f"data.num_epochs must be None (forever) or an integer >= 1, got {self.num_epochs!r}")
         for name in ("shuffle", "skip_malformed", "strip_dapo_instructions"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
@@ -118,8 +118,9 @@ class DataStats:
 
 def chat_text(tokenizer, content: str) -> str:
     """``content`` as one user message through the tokenizer's chat template, ready for generation."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def encode_prompts(tokenizer, contents: Sequence[str]) -> list[list[int]]:
@@ -135,8 +136,7 @@ def encode_prompts(tokenizer, contents: Sequence[str]) -> list[list[int]]:
     return [by_content[c] for c in contents]
 
 
-def encode_examples(tokenizer, examples: Sequence[PromptExample],
-                    prompt_format: PromptFormat) -> list[list[int]]:
+def encode_examples(tokenizer, examples: Sequence[PromptExample], prompt_format: PromptFormat) -> list[list[int]]:
     return encode_prompts(tokenizer, [format_prompt(e.problem, prompt_format) for e in examples])
 
 
@@ -146,18 +146,26 @@ def padded_length(max_length: int, bucket_multiple: int, cap: int | None = None)
     return min(padded, cap) if cap is not None and cap >= max_length else padded
 
 
-def collate(examples: Sequence[PromptExample], token_ids: Sequence[Sequence[int]], pad_id: int, *,
-            bucket_multiple: int = 64, max_prompt_tokens: int | None = None,
-            example_indices: Sequence[int] | None = None,
-            positions: Sequence[int] | None = None) -> PromptBatch:
+def collate(
+    examples: Sequence[PromptExample],
+    token_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    bucket_multiple: int = 64,
+    max_prompt_tokens: int | None = None,
+    example_indices: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+) -> PromptBatch:
     """Left-pads ``token_ids`` (one list per example) into a :class:`PromptBatch`.
 
     The width is the longest prompt rounded up to ``bucket_multiple`` (capped at
     ``max_prompt_tokens``), so a jitted sampler sees few distinct prompt shapes.
     """
     if len(examples) != len(token_ids) or not examples:
-        raise ValueError(f"collate needs one token list per example and at least one, got "
-                         f"{len(examples)} examples and {len(token_ids)} token lists")
+        raise ValueError(
+            f"collate needs one token list per example and at least one, got "
+            f"{len(examples)} examples and {len(token_ids)} token lists"
+        )
     lengths = [len(t) for t in token_ids]
     if min(lengths) == 0:
         raise ValueError(f"example {examples[lengths.index(0)].uid!r} has an empty prompt")
@@ -165,19 +173,27 @@ def collate(examples: Sequence[PromptExample], token_ids: Sequence[Sequence[int]
     ids = np.full((len(token_ids), width), pad_id, np.int32)
     mask = np.zeros((len(token_ids), width), bool)
     for row, tokens in enumerate(token_ids):
-        ids[row, width - len(tokens):] = tokens
-        mask[row, width - len(tokens):] = True
+        ids[row, width - len(tokens) :] = tokens
+        mask[row, width - len(tokens) :] = True
     count = len(examples)
     return PromptBatch(
-        prompt_ids=ids, prompt_mask=mask,
-        golds=[e.gold for e in examples], problems=[e.problem for e in examples],
+        prompt_ids=ids,
+        prompt_mask=mask,
+        golds=[e.gold for e in examples],
+        problems=[e.problem for e in examples],
         example_indices=np.asarray(range(count) if example_indices is None else example_indices, np.int64),
-        positions=np.asarray([-1] * count if positions is None else positions, np.int64))
+        positions=np.asarray([-1] * count if positions is None else positions, np.int64),
+    )
 
 
-def eval_batches(examples: Sequence[PromptExample], tokenizer, *, batch_size: int,
-                 prompt_format: PromptFormat = PromptFormat.EVAL,
-                 bucket_multiple: int = 64) -> Iterator[PromptBatch]:
+def eval_batches(
+    examples: Sequence[PromptExample],
+    tokenizer,
+    *,
+    batch_size: int,
+    prompt_format: PromptFormat = PromptFormat.EVAL,
+    bucket_multiple: int = 64,
+) -> Iterator[PromptBatch]:
     """Every example once, in file order, ``batch_size`` at a time (the last batch may be smaller).
 
     No prompt is dropped: evaluation scores every problem of a benchmark.
@@ -188,8 +204,13 @@ def eval_batches(examples: Sequence[PromptExample], tokenizer, *, batch_size: in
     token_ids = encode_examples(tokenizer, examples, prompt_format)
     for start in range(0, len(examples), batch_size):
         stop = min(start + batch_size, len(examples))
-        yield collate(examples[start:stop], token_ids[start:stop], pad_id, bucket_multiple=bucket_multiple,
-                      example_indices=range(start, stop))
+        yield collate(
+            examples[start:stop],
+            token_ids[start:stop],
+            pad_id,
+            bucket_multiple=bucket_multiple,
+            example_indices=range(start, stop),
+        )
 
 
 def _pad_id(tokenizer) -> int:
@@ -205,8 +226,15 @@ class PromptStream:
     the same formatting, templating and length filter.
     """
 
-    def __init__(self, config: DataConfig, tokenizer, *, shard_index: int = 0, shard_count: int = 1,
-                 examples: Sequence[PromptExample] | None = None):
+    def __init__(
+        self,
+        config: DataConfig,
+        tokenizer,
+        *,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        examples: Sequence[PromptExample] | None = None,
+    ):
         if not _is_int(shard_count) or shard_count < 1:
             raise ValueError(f"shard_count must be an integer >= 1, got {shard_count!r}")
         if not _is_int(shard_index) or not 0 <= shard_index < shard_count:
@@ -217,9 +245,12 @@ class PromptStream:
         if examples is None:
             if not config.path:
                 raise ValueError("data.path is empty: name the prompt file")
-            examples, read = read_examples(config.path, file_format=config.file_format,
-                                           strip_dapo=config.strip_dapo_instructions,
-                                           skip_malformed=config.skip_malformed)
+            examples, read = read_examples(
+                config.path,
+                file_format=config.file_format,
+                strip_dapo=config.strip_dapo_instructions,
+                skip_malformed=config.skip_malformed,
+            )
             rows, skipped, stripped = read.rows, read.malformed_skipped, read.dapo_stripped
         else:
             rows, skipped, stripped = len(examples), 0, 0
@@ -227,16 +258,28 @@ class PromptStream:
         kept = [i for i, t in enumerate(token_ids) if len(t) <= config.max_prompt_tokens]
         self._examples = tuple(examples[i] for i in kept)
         self._token_ids = [token_ids[i] for i in kept]
-        self.stats = DataStats(rows=rows, malformed_skipped=skipped, dapo_stripped=stripped,
-                               overlong_dropped=len(examples) - len(kept), kept=len(kept),
-                               max_prompt_tokens_seen=max(map(len, self._token_ids), default=0))
+        self.stats = DataStats(
+            rows=rows,
+            malformed_skipped=skipped,
+            dapo_stripped=stripped,
+            overlong_dropped=len(examples) - len(kept),
+            kept=len(kept),
+            max_prompt_tokens_seen=max(map(len, self._token_ids), default=0),
+        )
         if not self._examples:
-            raise ValueError(f"{config.path or 'the given examples'}: no prompt is left after dropping "
-                             f"{self.stats.overlong_dropped} longer than data.max_prompt_tokens="
-                             f"{config.max_prompt_tokens} ({rows} rows, {skipped} malformed)")
+            raise ValueError(
+                f"{config.path or 'the given examples'}: no prompt is left after dropping "
+                f"{self.stats.overlong_dropped} longer than data.max_prompt_tokens="
+                f"{config.max_prompt_tokens} ({rows} rows, {skipped} malformed)"
+            )
         if self.stats.overlong_dropped:
-            log.warning("%s: dropped %d of %d prompts longer than %d tokens", config.path or "prompts",
-                        self.stats.overlong_dropped, len(examples), config.max_prompt_tokens)
+            log.warning(
+                "%s: dropped %d of %d prompts longer than %d tokens",
+                config.path or "prompts",
+                self.stats.overlong_dropped,
+                len(examples),
+                config.max_prompt_tokens,
+            )
         log.info("prompt stream: %s", self.stats)
         self._fingerprint = _fingerprint(self._examples)
         self._order = _order(len(self._examples), config.shuffle_seed if config.shuffle else None)
@@ -274,16 +317,26 @@ class PromptStream:
         positions = [self._position + j * self.shard_count + self.shard_index for j in range(batch_size)]
         indices = [self._order(p) for p in positions]
         self._position += block
-        return collate([self._examples[i] for i in indices], [self._token_ids[i] for i in indices],
-                       self._pad_id, bucket_multiple=self.config.bucket_multiple,
-                       max_prompt_tokens=self.config.max_prompt_tokens, example_indices=indices,
-                       positions=positions)
+        return collate(
+            [self._examples[i] for i in indices],
+            [self._token_ids[i] for i in indices],
+            self._pad_id,
+            bucket_multiple=self.config.bucket_multiple,
+            max_prompt_tokens=self.config.max_prompt_tokens,
+            example_indices=indices,
+            positions=positions,
+        )
 
     def get_state(self) -> dict:
         """A small JSON-able dict: the next global position and what a resume must match."""
-        return {"version": _STATE_VERSION, "position": self._position, "num_examples": self.num_examples,
-                "shuffle": self.config.shuffle, "shuffle_seed": self.config.shuffle_seed,
-                "fingerprint": self._fingerprint}
+        return {
+            "version": _STATE_VERSION,
+            "position": self._position,
+            "num_examples": self.num_examples,
+            "shuffle": self.config.shuffle,
+            "shuffle_seed": self.config.shuffle_seed,
+            "fingerprint": self._fingerprint,
+        }
 
     def set_state(self, state: dict) -> None:
         """Resumes at ``state['position']``; refuses a state taken over different data or order."""
@@ -295,8 +348,10 @@ class PromptStream:
             raise ValueError(f"data state lacks {missing}; it has {sorted(state)}")
         for key in ("version", "num_examples", "shuffle", "shuffle_seed", "fingerprint"):
             if state[key] != expected[key]:
-                raise ValueError(f"data state {key}={state[key]!r} does not match this stream's "
-                                 f"{expected[key]!r}: the resumed run reads different data or order")
+                raise ValueError(
+                    f"data state {key}={state[key]!r} does not match this stream's "
+                    f"{expected[key]!r}: the resumed run reads different data or order"
+                )
         if not _is_int(state["position"]) or state["position"] < 0:
             raise ValueError(f"data state position must be an integer >= 0, got {state['position']!r}")
         self._position = state["position"]

@@ -3,7 +3,7 @@
 The recipe starts from a distilled model that already ends its answers in ``\\boxed{}``; the demo
 mirrors that. It builds, offline and from a seed:
 
-1. a tiny tokenizer with DeepSeek's chat template (:mod:`justrl_jax.tiny`);
+1. a tiny tokenizer with DeepSeek's chat template (:mod:`justrl_jax.model.tiny_tokenizer`);
 2. a random tiny Qwen2, briefly fine-tuned on worked answers in the recipe's format
    (``\\boxed{d}`` then EOS) and stopped early: like the distilled starting models, it knows the
    format and is right only sometimes (about 40% at the start);
@@ -26,8 +26,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from justrl_jax.hf_io import export_hf_model
-from justrl_jax.qwen2 import Qwen2, Qwen2Config, positions_from_mask
+from justrl_jax.model.hf_io import export_hf_model
+from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,16 @@ class DemoAssets:
 
 
 def problems(max_operand: int) -> list[dict]:
-    return [{"problem": f"Compute {a} + {b}.", "answer": str(a + b)}
-            for a in range(max_operand + 1) for b in range(max_operand + 1 - a)]
+    return [
+        {"problem": f"Compute {a} + {b}.", "answer": str(a + b)}
+        for a in range(max_operand + 1)
+        for b in range(max_operand + 1 - a)
+    ]
 
 
 def prepare(config: DemoConfig, directory: str | Path, prompt_suffix: str) -> DemoAssets:
     """Writes (once) the tiny model directory and the dataset under ``directory``."""
-    from justrl_jax.tiny import ChatStyle, make_tiny_tokenizer
+    from justrl_jax.model.tiny_tokenizer import ChatStyle, make_tiny_tokenizer
 
     directory = Path(directory)
     model_dir, data_path = directory / "base_model", directory / "train.jsonl"
@@ -85,18 +88,27 @@ def prepare(config: DemoConfig, directory: str | Path, prompt_suffix: str) -> De
     data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     tokenizer = make_tiny_tokenizer(ChatStyle.DEEPSEEK)
-    arch = Qwen2Config(vocab_size=_round_up(len(tokenizer), 64), hidden_size=config.hidden_size,
-                       intermediate_size=config.hidden_size * 2, num_layers=config.num_layers,
-                       num_heads=config.num_heads, num_kv_heads=config.num_kv_heads,
-                       head_dim=config.hidden_size // config.num_heads, tie_word_embeddings=True,
-                       max_position_embeddings=2048)
+    arch = Qwen2Config(
+        vocab_size=_round_up(len(tokenizer), 64),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.hidden_size * 2,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads,
+        head_dim=config.hidden_size // config.num_heads,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    )
     model = Qwen2(arch, rngs=nnx.Rngs(config.seed))
     _format_warm_start(model, tokenizer, rows, config, prompt_suffix)
     tmp_dir = directory / "base_model.tmp"
     tokenizer.save_pretrained(tmp_dir)
-    export_hf_model(model, tmp_dir, dtype="float32",
-                    generation_config={"eos_token_id": tokenizer.eos_token_id,
-                                       "bos_token_id": tokenizer.bos_token_id})
+    export_hf_model(
+        model,
+        tmp_dir,
+        dtype="float32",
+        generation_config={"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id},
+    )
     tmp_dir.rename(model_dir)  # the directory appears complete or not at all
     return DemoAssets(model_dir, data_path)
 
@@ -110,8 +122,12 @@ def _format_warm_start(model: Qwen2, tokenizer, rows: list[dict], config: DemoCo
     if config.sft_steps == 0:
         return
     rng = np.random.default_rng(config.seed)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": r["problem"] + suffix}],
-                                             add_generation_prompt=True, tokenize=False) for r in rows]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": r["problem"] + suffix}], add_generation_prompt=True, tokenize=False
+        )
+        for r in rows
+    ]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     max_len = max(map(len, prompt_ids)) + 8
     optimizer = nnx.Optimizer(model, optax.adam(config.sft_learning_rate), wrt=nnx.Param)
@@ -142,7 +158,7 @@ def _format_warm_start(model: Qwen2, tokenizer, rows: list[dict], config: DemoCo
             start = max_len - len(seq)  # left padding, as in rollouts
             tokens[row, start:] = seq
             mask[row, start:] = True
-            targets[row, max_len - len(answer) - 1:] = 1.0
+            targets[row, max_len - len(answer) - 1 :] = 1.0
         loss = step(model, optimizer, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(targets))
         if i % 50 == 0 or i == config.sft_steps - 1:
             log.info("demo format warm start %d/%d: loss %.3f", i + 1, config.sft_steps, float(loss))

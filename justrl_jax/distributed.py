@@ -32,4 +32,5 @@ def barrier(name: str, timeout_s: float) -> None:
     except Exception as e:  # noqa: BLE001 - the client raises its own error types
         raise BarrierTimeout(
             f"barrier {name!r}: not every one of the {jax.process_count()} processes arrived within "
-            f"{timeout_s:.0f}s (a host died or hangs): {e}") from e
+            f"{timeout_s:.0f}s (a host died or hangs): {e}"
+        ) from e

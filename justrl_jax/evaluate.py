@@ -28,12 +28,16 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m justrl_jax.evaluate", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m justrl_jax.evaluate",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="HF directory or hub id, run directory, or checkpoint step")
     p.add_argument("--data-dir", required=True, help="folder holding the benchmarks (JustRL's data/ layout)")
-    p.add_argument("--benchmarks", default="all",
-                   help="comma-separated, e.g. aime24,aime25,math500 (default: all nine)")
+    p.add_argument(
+        "--benchmarks", default="all", help="comma-separated, e.g. aime24,aime25,math500 (default: all nine)"
+    )
     p.add_argument("--out", default=None, help="output folder (default eval/<model name>)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per problem for every benchmark")
     p.add_argument("--max-new-tokens", type=int, default=31744)
@@ -42,41 +46,63 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="rows (problem x sample) per generate call")
     p.add_argument("--kv-cache-budget-gb", type=float, default=0.0, help="0: no limit; else sample in waves")
-    p.add_argument("--decode-chunk", type=int, default=0,
-                   help="grow the KV cache this many slots at a time (0: allocate it whole)")
-    p.add_argument("--max-problems", type=int, default=None,
-                   help="only the first N problems of each benchmark (smoke tests)")
-    p.add_argument("--prompt-format", default="eval", choices=["eval", "train", "raw"],
-                   help="eval: 'problem Please reason...' (JustRL's evals); train: the '\\n\\n' variant")
+    p.add_argument(
+        "--decode-chunk", type=int, default=0, help="grow the KV cache this many slots at a time (0: allocate it whole)"
+    )
+    p.add_argument(
+        "--max-problems", type=int, default=None, help="only the first N problems of each benchmark (smoke tests)"
+    )
+    p.add_argument(
+        "--prompt-format",
+        default="eval",
+        choices=["eval", "train", "raw"],
+        help="eval: 'problem Please reason...' (JustRL's evals); train: the '\\n\\n' variant",
+    )
     p.add_argument("--verifier", default="robust", choices=["robust", "strict"])
     p.add_argument("--verifier-workers", type=int, default=4)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                   help="compute and parameter dtype (vLLM evaluated the models in bfloat16)")
-    p.add_argument("--mesh", default=None,
-                   help="'4x4' (fsdp x tensor) or 'fsdp=8,tensor=2'; default: all devices on fsdp")
+    p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float32"],
+        help="compute and parameter dtype (vLLM evaluated the models in bfloat16)",
+    )
+    p.add_argument(
+        "--mesh", default=None, help="'4x4' (fsdp x tensor) or 'fsdp=8,tensor=2'; default: all devices on fsdp"
+    )
     p.add_argument("--label", default=None, help="the row label in the table (default: the model name)")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="stop after writing this many new samples (resumable; for time-limited jobs)")
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        default=None,
+        help="stop after writing this many new samples (resumable; for time-limited jobs)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
 
 def _config(args):
     from justrl_jax.evaluation.benchmarks import parse_benchmarks
-    from justrl_jax.evaluation.config import EvalConfig
+    from justrl_jax.evaluation.eval_config import EvalConfig
     from justrl_jax.prompts import PromptFormat
     from justrl_jax.verifier import VerifierConfig, VerifierMode
 
     return EvalConfig(
-        benchmarks=parse_benchmarks(args.benchmarks), n_samples=args.n_samples,
+        benchmarks=parse_benchmarks(args.benchmarks),
+        n_samples=args.n_samples,
         max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-        kv_cache_budget_gb=args.kv_cache_budget_gb, decode_chunk=args.decode_chunk,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        kv_cache_budget_gb=args.kv_cache_budget_gb,
+        decode_chunk=args.decode_chunk,
         max_problems=args.max_problems,
         prompt_format=PromptFormat(args.prompt_format),
         # 1/0 rewards: a sample's reward is its correctness, so mean reward = avg@N.
-        verifier=VerifierConfig(mode=VerifierMode(args.verifier), correct_reward=1.0, incorrect_reward=0.0,
-                                workers=args.verifier_workers))
+        verifier=VerifierConfig(
+            mode=VerifierMode(args.verifier), correct_reward=1.0, incorrect_reward=0.0, workers=args.verifier_workers
+        ),
+    )
 
 
 def _default_out(model: str) -> Path:
@@ -90,8 +116,7 @@ def _default_out(model: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         cfg = _config(args)
@@ -110,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from justrl_jax.evaluation.report import markdown_table, pass_at_k_table
     from justrl_jax.evaluation.runner import evaluate
-    from justrl_jax.model_source import load_policy
+    from justrl_jax.model.source import load_policy
     from justrl_jax.sharding import MeshConfig, make_mesh
 
     mesh = make_mesh(MeshConfig.parse(args.mesh) if args.mesh else MeshConfig())
@@ -119,17 +144,30 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
     out = Path(args.out) if args.out else _default_out(args.model)
     try:
-        outcome = evaluate(policy.model, tokenizer, cfg, args.data_dir, out, eos_ids=policy.eos_ids,
-                           mesh=mesh, model_name=str(args.model), label=args.label,
-                           extra_meta={"dtype": args.dtype}, max_samples=args.max_samples)
+        outcome = evaluate(
+            policy.model,
+            tokenizer,
+            cfg,
+            args.data_dir,
+            out,
+            eos_ids=policy.eos_ids,
+            mesh=mesh,
+            model_name=str(args.model),
+            label=args.label,
+            extra_meta={"dtype": args.dtype},
+            max_samples=args.max_samples,
+        )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if outcome.report is None:
         done = sum(p.found + p.generated for p in outcome.progress)
         total = sum(p.total for p in outcome.progress)
-        print(f"stopped after {outcome.generated} new samples ({done} of {total} done); "
-              f"re-run the same command to continue", file=sys.stderr)
+        print(
+            f"stopped after {outcome.generated} new samples ({done} of {total} done); "
+            f"re-run the same command to continue",
+            file=sys.stderr,
+        )
         return 0
     print(markdown_table(outcome.report, args.label))
     print(pass_at_k_table(outcome.report))

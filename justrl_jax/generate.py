@@ -36,8 +36,11 @@ def read_prompt_lines(path: Path) -> list[tuple[int, dict]]:
         has_text, has_ids = isinstance(row.get("prompt"), str), "prompt_ids" in row
         if has_text == has_ids:
             raise ValueError(f"{path}: line {number}: give exactly one of 'prompt' (text) or 'prompt_ids'")
-        if has_ids and not (isinstance(row["prompt_ids"], list) and row["prompt_ids"]
-                            and all(isinstance(t, int) and t >= 0 for t in row["prompt_ids"])):
+        if has_ids and not (
+            isinstance(row["prompt_ids"], list)
+            and row["prompt_ids"]
+            and all(isinstance(t, int) and t >= 0 for t in row["prompt_ids"])
+        ):
             raise ValueError(f"{path}: line {number}: 'prompt_ids' must be a non-empty list of token ids")
         rows.append((number, row))
     if not rows:
@@ -60,10 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="do not apply the chat template to text prompts")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     p.add_argument("--prompt-bucket", type=int, default=64, help="prompts are left-padded to a multiple of this")
-    p.add_argument("--kv-cache-budget-gb", type=float, default=0.0,
-                   help="KV-cache bytes per device; above it a call runs in waves (0: no limit)")
-    p.add_argument("--decode-chunk", type=int, default=0,
-                   help="grow the KV cache by this many tokens at a time (0: allocate it whole)")
+    p.add_argument(
+        "--kv-cache-budget-gb",
+        type=float,
+        default=0.0,
+        help="KV-cache bytes per device; above it a call runs in waves (0: no limit)",
+    )
+    p.add_argument(
+        "--decode-chunk",
+        type=int,
+        default=0,
+        help="grow the KV cache by this many tokens at a time (0: allocate it whole)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     p.add_argument("--mesh", default=None, help="e.g. 4x4; default: one device")
     return p
@@ -89,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from justrl_jax.data import chat_text, collate
-    from justrl_jax.model_source import load_policy
+    from justrl_jax.model.source import load_policy
     from justrl_jax.prompts import PromptExample
     from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
     from justrl_jax.sampling import strategy_for
@@ -97,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # settings are checked before the model is loaded
         strategy = strategy_for(args.temperature, args.top_p, args.top_k, greedy=args.greedy)
-        config = SamplerConfig(max_new_tokens=args.max_new_tokens, strategy=strategy, prompt_bucket=args.prompt_bucket,
-                               kv_cache_budget_bytes=int(args.kv_cache_budget_gb * 2**30) or None,
-                               decode_chunk=args.decode_chunk)
+        config = SamplerConfig(
+            max_new_tokens=args.max_new_tokens,
+            strategy=strategy,
+            prompt_bucket=args.prompt_bucket,
+            kv_cache_budget_bytes=int(args.kv_cache_budget_gb * 2**30) or None,
+            decode_chunk=args.decode_chunk,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             text = row["prompt"] if args.raw or not tokenizer.chat_template else chat_text(tokenizer, row["prompt"])
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids or max(ids) >= vocab:
-            print(f"error: {args.prompts}: line {number}: the prompt is empty or holds a token id outside the "
-                  f"model's vocabulary (size {vocab})", file=sys.stderr)
+            print(
+                f"error: {args.prompts}: line {number}: the prompt is empty or holds a token id outside the "
+                f"model's vocabulary (size {vocab})",
+                file=sys.stderr,
+            )
             return 2
         token_ids.append(ids)
     rows = [row for _, row in rows]
@@ -130,20 +148,23 @@ def main(argv: list[str] | None = None) -> int:
             chunk = list(range(start, min(start + args.batch_size, len(rows))))
             examples = [PromptExample(problem=str(i), gold="") for i in chunk]
             batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=args.prompt_bucket)
-            rollout = sampler.generate(policy.model, batch.prompt_ids, batch.prompt_mask, n=args.n,
-                                       key=jax.random.fold_in(key, start))
+            rollout = sampler.generate(
+                policy.model, batch.prompt_ids, batch.prompt_mask, n=args.n, key=jax.random.fold_in(key, start)
+            )
             for j, i in enumerate(chunk):
                 samples = []
                 for s in range(args.n):
                     r = j * args.n + s
                     n_tok = int(rollout.lengths[r])
                     ids = [int(t) for t in np.asarray(rollout.completion_ids[r, :n_tok])]
-                    samples.append({
-                        "completion": tokenizer.decode(ids, skip_special_tokens=True),
-                        "completion_ids": ids,
-                        "logprobs": [round(float(x), 6) for x in rollout.logprobs[r, :n_tok]],
-                        "finish_reason": "stop" if rollout.finish[r] == FinishReason.EOS else "length",
-                    })
+                    samples.append(
+                        {
+                            "completion": tokenizer.decode(ids, skip_special_tokens=True),
+                            "completion_ids": ids,
+                            "logprobs": [round(float(x), 6) for x in rollout.logprobs[r, :n_tok]],
+                            "finish_reason": "stop" if rollout.finish[r] == FinishReason.EOS else "length",
+                        }
+                    )
                 out.write(json.dumps({**rows[i], "prompt_token_ids": token_ids[i], "samples": samples}) + "\n")
     print(f"wrote {len(rows)} prompts x {args.n} samples to {args.output}", file=sys.stderr)
     return 0

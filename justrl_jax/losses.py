@@ -79,6 +79,7 @@ class LossConfig:
 
 # --- log-probs in chunks -------------------------------------------------------------------------
 
+
 def _chunks(x: jnp.ndarray, chunk: int, n: int) -> jnp.ndarray:
     """[B, T, ...] -> [n, B, chunk, ...], zero-padded at the end of T."""
     b, t = x.shape[:2]
@@ -107,8 +108,9 @@ def _chunk_logps(hidden: jnp.ndarray, targets: jnp.ndarray, unembed: jnp.ndarray
     return target_logit - lse, entropy
 
 
-def chunked_logps(hidden: jnp.ndarray, unembed: jnp.ndarray, targets: jnp.ndarray, chunk_size: int,
-                  entropy_grad: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+def chunked_logps(
+    hidden: jnp.ndarray, unembed: jnp.ndarray, targets: jnp.ndarray, chunk_size: int, entropy_grad: bool = False
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """log p(targets[b, t]) and the entropy of the distribution at hidden[b, t], chunk by chunk over t.
 
     hidden [B,T,D] (compute dtype), unembed [D,V], targets [B,T] int -> (logp [B,T], entropy [B,T]) fp32.
@@ -139,8 +141,14 @@ def _first_target(start: int, seq_len: int) -> int:
     return max(start, 1)  # nothing predicts token 0
 
 
-def sequence_logps(hidden: jnp.ndarray, unembed: jnp.ndarray, tokens: jnp.ndarray, chunk_size: int,
-                   entropy_grad: bool = False, start: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
+def sequence_logps(
+    hidden: jnp.ndarray,
+    unembed: jnp.ndarray,
+    tokens: jnp.ndarray,
+    chunk_size: int,
+    entropy_grad: bool = False,
+    start: int = 0,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Per-token log-probs of ``tokens`` under the model whose final hidden states are ``hidden``.
 
     hidden [B,S,D], unembed [D,V], tokens [B,S] -> (logps [B,S], entropy [B,S]), aligned to the token:
@@ -149,12 +157,13 @@ def sequence_logps(hidden: jnp.ndarray, unembed: jnp.ndarray, tokens: jnp.ndarra
     skips the unembedding of the prompt); the columns before, and column 0 always, are 0.
     """
     first = _first_target(start, tokens.shape[1])
-    logp, ent = chunked_logps(hidden[:, first - 1:-1], unembed, tokens[:, first:], chunk_size, entropy_grad)
+    logp, ent = chunked_logps(hidden[:, first - 1 : -1], unembed, tokens[:, first:], chunk_size, entropy_grad)
     pad = ((0, 0), (first, 0))
     return jnp.pad(logp, pad), jnp.pad(ent, pad)
 
 
 # --- the loss ------------------------------------------------------------------------------------
+
 
 @flax.struct.dataclass
 class LossStats:
@@ -235,8 +244,9 @@ def _token_terms(logps, old_logps, adv, cfg: LossConfig, entropy, ref_logps) -> 
         if ref_logps is None:
             raise ValueError("loss.kl_coef > 0 needs ref_logps in the batch")
         total = total + cfg.kl_coef * ref_kl
-    return _TokenTerms(ratio=ratio, unclipped=unclipped, clipped=clipped, l1=l1, cap=cap, pg=pg,
-                       ref_kl=ref_kl, total=total)
+    return _TokenTerms(
+        ratio=ratio, unclipped=unclipped, clipped=clipped, l1=l1, cap=cap, pg=pg, ref_kl=ref_kl, total=total
+    )
 
 
 def loss_weights(loss_mask: jnp.ndarray, agg: LossAggregation) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -256,9 +266,16 @@ def _masked(x: jnp.ndarray | None, mask: jnp.ndarray) -> jnp.ndarray | None:
     return None if x is None else jnp.where(mask > 0, x, 0.0)
 
 
-def policy_loss(logps: jnp.ndarray, old_logps: jnp.ndarray, advantages: jnp.ndarray, loss_mask: jnp.ndarray,
-                cfg: LossConfig, *, entropy: jnp.ndarray | None = None,
-                ref_logps: jnp.ndarray | None = None) -> LossStats:
+def policy_loss(
+    logps: jnp.ndarray,
+    old_logps: jnp.ndarray,
+    advantages: jnp.ndarray,
+    loss_mask: jnp.ndarray,
+    cfg: LossConfig,
+    *,
+    entropy: jnp.ndarray | None = None,
+    ref_logps: jnp.ndarray | None = None,
+) -> LossStats:
     """The verl 0.4.0 clipped policy loss of one (micro-)batch, as sums and counts.
 
     logps, old_logps, loss_mask [B,S] (token-aligned, see the module docstring); advantages [B] (one per
@@ -298,6 +315,7 @@ def policy_loss(logps: jnp.ndarray, old_logps: jnp.ndarray, advantages: jnp.ndar
 
 # --- the fused path used for training ------------------------------------------------------------
 
+
 def _fused_forward(token_loss, chunk_size, entropy_grad, hidden, unembed, targets, args):
     """-> ((loss, logp [B,T], entropy [B,T]), (d loss / d hidden, d loss / d unembed)); gradients are
     formed even when none is wanted, so use this for training only (sequence_logps otherwise)."""
@@ -317,8 +335,9 @@ def _fused_forward(token_loss, chunk_size, entropy_grad, hidden, unembed, target
         ent = lse - mean_logit
         # The loss is a sum of per-token terms, so d(loss)/d(logp, entropy) is known right here, and with
         # it d(loss)/d(logits): the logits never have to be kept or recomputed for the backward pass.
-        loss, vjp = jax.vjp(lambda lp, e: jnp.sum(token_loss(lp, e, a)), logp,
-                            ent if entropy_grad else jax.lax.stop_gradient(ent))
+        loss, vjp = jax.vjp(
+            lambda lp, e: jnp.sum(token_loss(lp, e, a)), logp, ent if entropy_grad else jax.lax.stop_gradient(ent)
+        )
         g_logp, g_ent = vjp(jnp.ones_like(loss))
         dlogits = g_logp[..., None] * (hit.astype(jnp.float32) - probs)  # d logp / d z = onehot - p
         if entropy_grad:
@@ -347,9 +366,19 @@ def _fused_bwd(token_loss, chunk_size, entropy_grad, residuals, cotangents):
 _fused.defvjp(_fused_forward, _fused_bwd)
 
 
-def fused_policy_loss(hidden: jnp.ndarray, unembed: jnp.ndarray, tokens: jnp.ndarray, old_logps: jnp.ndarray,
-                      advantages: jnp.ndarray, loss_mask: jnp.ndarray, cfg: LossConfig, chunk_size: int, *,
-                      ref_logps: jnp.ndarray | None = None, start: int = 0) -> tuple[jnp.ndarray, LossStats]:
+def fused_policy_loss(
+    hidden: jnp.ndarray,
+    unembed: jnp.ndarray,
+    tokens: jnp.ndarray,
+    old_logps: jnp.ndarray,
+    advantages: jnp.ndarray,
+    loss_mask: jnp.ndarray,
+    cfg: LossConfig,
+    chunk_size: int,
+    *,
+    ref_logps: jnp.ndarray | None = None,
+    start: int = 0,
+) -> tuple[jnp.ndarray, LossStats]:
     """:func:`policy_loss` straight from hidden states, with the unembedding fused into the loss.
 
     Returns ``(loss_sum, stats)``: ``loss_sum`` (equal to ``stats.loss_sum``) is differentiable w.r.t.
@@ -374,8 +403,9 @@ def fused_policy_loss(hidden: jnp.ndarray, unembed: jnp.ndarray, tokens: jnp.nda
         return a["w"] * _token_terms(logp, a["old"], a["adv"], cfg, ent, a["ref"]).total
 
     scored = jax.tree.map(lambda x: x[:, first:], args)  # position s - 1 predicts token s
-    loss_sum, logp, ent = _fused(token_loss, chunk_size, cfg.entropy_coef != 0, hidden[:, first - 1:-1],
-                                 unembed, tokens[:, first:], scored)
+    loss_sum, logp, ent = _fused(
+        token_loss, chunk_size, cfg.entropy_coef != 0, hidden[:, first - 1 : -1], unembed, tokens[:, first:], scored
+    )
     pad = ((0, 0), (first, 0))
     logps = jax.lax.stop_gradient(jnp.pad(logp, pad))
     entropy = jax.lax.stop_gradient(jnp.pad(ent, pad))

@@ -36,8 +36,15 @@ def _plain(value):
 class MetricsWriter:
     """Appends ``{"step": n, ...}`` lines to ``run_dir/metrics.jsonl`` and mirrors them to TensorBoard."""
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
-                 stream: IO[str] | None = None, resume_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        stream: IO[str] | None = None,
+        resume_step: int | None = None,
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.stream = stream if stream is not None else sys.stderr

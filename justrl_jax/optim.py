@@ -99,8 +99,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     return optax.inject_hyperparams(build)(learning_rate=0.0)
 
 
-def set_learning_rate(opt_state: optax.InjectStatefulHyperparamsState, lr
-                      ) -> optax.InjectStatefulHyperparamsState:
+def set_learning_rate(opt_state: optax.InjectStatefulHyperparamsState, lr) -> optax.InjectStatefulHyperparamsState:
     """The optimizer state with its learning rate replaced (traceable; the state stays one pytree)."""
     if "learning_rate" not in getattr(opt_state, "hyperparams", {}):
         raise TypeError(f"expected the state of make_optimizer(...), got {type(opt_state).__name__}")

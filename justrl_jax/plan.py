@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from justrl_jax.memory_plan import DEVICE_MEMORY, advice, plan_memory
+from justrl_jax.memory_estimate import DEVICE_MEMORY, advice, plan_memory
 from justrl_jax.sharding import MeshConfig
 
 
@@ -17,9 +17,9 @@ def architecture_of(model_path: str):
     """The Qwen2Config of a model path, reading only its config.json (no weights)."""
     from pathlib import Path
 
-    from justrl_jax.hf_io import read_hf_config, resolve_model_dir
-    from justrl_jax.model_source import find_checkpoint
-    from justrl_jax.qwen2 import Qwen2Config
+    from justrl_jax.model.hf_io import read_hf_config, resolve_model_dir
+    from justrl_jax.model.qwen2 import Qwen2Config
+    from justrl_jax.model.source import find_checkpoint
 
     step_dir = find_checkpoint(model_path) if Path(model_path).exists() else None
     if step_dir is not None:
@@ -28,8 +28,10 @@ def architecture_of(model_path: str):
         return Qwen2Config(**read_meta(step_dir)["model"]["arch"])
     if Path(model_path).is_dir():
         return read_hf_config(model_path)
-    known = {"deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": Qwen2Config(),
-             "nvidia/OpenMath-Nemotron-1.5B": Qwen2Config(rope_theta=500000.0)}
+    known = {
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": Qwen2Config(),
+        "nvidia/OpenMath-Nemotron-1.5B": Qwen2Config(rope_theta=500000.0),
+    }
     if model_path in known:  # the recipe's two models, planned without a download
         return known[model_path]
     return read_hf_config(resolve_model_dir(model_path))
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     inputs = cfg.plan_inputs(mesh.fsdp)
     micro = inputs.micro_batch_sequences
     plan = plan_memory(arch, mesh, devices, inputs, device=args.device)
-    print(f"{args.config} on mesh {mesh} ({devices} x {args.device}), {r.sequences} responses of up to "
-          f"{inputs.prompt_tokens} + {inputs.max_new_tokens} tokens, {micro} sequence(s) per device per micro-batch")
+    print(
+        f"{args.config} on mesh {mesh} ({devices} x {args.device}), {r.sequences} responses of up to "
+        f"{inputs.prompt_tokens} + {inputs.max_new_tokens} tokens, {micro} sequence(s) per device per micro-batch"
+    )
     print(plan.table())
     if not plan.fits():
         print(f"error: does not fit in {args.device} memory; reduce {advice(plan, inputs, mesh)}", file=sys.stderr)

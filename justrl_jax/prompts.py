@@ -31,8 +31,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be of "
-               "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
+DAPO_PREFIX = (
+    "Solve the following math problem step by step. The last line of your response should be of "
+    "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+)
 DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -95,20 +97,29 @@ class MalformedRowError(ValueError):
     """A row does not fit either schema; the message names the file and the row."""
 
 
-def load_examples(path: str | Path, *, file_format: FileFormat = FileFormat.AUTO,
-                  strip_dapo: bool = True, skip_malformed: bool = False) -> list[PromptExample]:
+def load_examples(
+    path: str | Path,
+    *,
+    file_format: FileFormat = FileFormat.AUTO,
+    strip_dapo: bool = True,
+    skip_malformed: bool = False,
+) -> list[PromptExample]:
     """Reads every row of a benchmark or training file (either schema) into ``PromptExample`` s.
 
     Malformed rows raise :class:`MalformedRowError` naming the file and row, or are skipped (and
     logged) when ``skip_malformed``.
     """
-    examples, _ = read_examples(path, file_format=file_format, strip_dapo=strip_dapo,
-                                skip_malformed=skip_malformed)
+    examples, _ = read_examples(path, file_format=file_format, strip_dapo=strip_dapo, skip_malformed=skip_malformed)
     return examples
 
 
-def read_examples(path: str | Path, *, file_format: FileFormat = FileFormat.AUTO, strip_dapo: bool = True,
-                  skip_malformed: bool = False) -> tuple[list[PromptExample], ReadStats]:
+def read_examples(
+    path: str | Path,
+    *,
+    file_format: FileFormat = FileFormat.AUTO,
+    strip_dapo: bool = True,
+    skip_malformed: bool = False,
+) -> tuple[list[PromptExample], ReadStats]:
     """:func:`load_examples`, also returning the counts of rows read, skipped and stripped."""
     local = resolve_data_path(str(path))
     fmt = detect_format(local, file_format)
@@ -137,8 +148,10 @@ def detect_format(path: Path, file_format: FileFormat = FileFormat.AUTO) -> File
         return file_format
     fmt = _EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: cannot tell the file format from the extension {path.suffix!r}; "
-                         f"use one of {sorted(_EXTENSIONS)} or set data.file_format")
+        raise ValueError(
+            f"{path}: cannot tell the file format from the extension {path.suffix!r}; "
+            f"use one of {sorted(_EXTENSIONS)} or set data.file_format"
+        )
     return fmt
 
 
@@ -180,8 +193,10 @@ def _hub_download(path: str, repo_id: str, filename: str | None) -> Path:
             raise _hub_error(path, e) from e
         files = [f for f in names if Path(f).suffix.lower() in _EXTENSIONS]
         if len(files) != 1:
-            raise FileNotFoundError(f"hub dataset {repo_id} holds {len(files)} data files {files[:10]}; "
-                                    f"name one as hf://datasets/{repo_id}/<file>")
+            raise FileNotFoundError(
+                f"hub dataset {repo_id} holds {len(files)} data files {files[:10]}; "
+                f"name one as hf://datasets/{repo_id}/<file>"
+            )
         filename = files[0]
     try:
         return Path(huggingface_hub.hf_hub_download(repo_id, filename, repo_type="dataset"))
@@ -190,15 +205,25 @@ def _hub_download(path: str, repo_id: str, filename: str | None) -> Path:
 
 
 def _hub_error(path: str, error: Exception) -> FileNotFoundError:
-    return FileNotFoundError(f"data path {path} is not a local file and the hub could not provide it "
-                             f"({type(error).__name__}: {error})")
+    return FileNotFoundError(
+        f"data path {path} is not a local file and the hub could not provide it ({type(error).__name__}: {error})"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Rows. A row that cannot be read at all (bad JSON) is reported like a row with a bad value.
 
-_ROW_COLUMNS = ("prompt", "reward_model", "data_source", "extra_info", "problem", "answer", "id", "unique_id",
-                "problem_idx")
+_ROW_COLUMNS = (
+    "prompt",
+    "reward_model",
+    "data_source",
+    "extra_info",
+    "problem",
+    "answer",
+    "id",
+    "unique_id",
+    "problem_idx",
+)
 
 
 def _read_rows(path: Path, fmt: FileFormat) -> Iterator[tuple[int, Any]]:
@@ -272,29 +297,36 @@ def _parse_row(row: Any, source: str, index: int, strip_dapo: bool) -> tuple[Pro
         gold = _gold(row["answer"], f"{where}: answer")
         uid = next((row[k] for k in ("id", "unique_id", "problem_idx") if row.get(k) is not None), None)
     else:
-        raise MalformedRowError(f"{where}: has neither verl columns (prompt, reward_model) nor plain columns "
-                                f"(problem, answer); it has {sorted(row)}")
+        raise MalformedRowError(
+            f"{where}: has neither verl columns (prompt, reward_model) nor plain columns "
+            f"(problem, answer); it has {sorted(row)}"
+        )
     was_stripped = False
     if strip_dapo:
         problem, was_stripped = strip_dapo_instructions(problem)
     if not problem.strip():
         raise MalformedRowError(f"{where}: the problem text is empty")
     data_source = row.get("data_source")
-    return PromptExample(problem=problem, gold=gold, source=source, row=index,
-                         uid=str(index) if uid is None else str(uid),
-                         data_source="" if data_source is None else str(data_source)), was_stripped
+    return PromptExample(
+        problem=problem,
+        gold=gold,
+        source=source,
+        row=index,
+        uid=str(index) if uid is None else str(uid),
+        data_source="" if data_source is None else str(data_source),
+    ), was_stripped
 
 
 def _verl_problem(messages: Any, where: str) -> str:
     # verl builds the conversation from this list; JustRL's files hold exactly one user message,
     # and a second message (a system prompt) would be silently lost here, so it is an error.
     if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], Mapping):
-        raise MalformedRowError(f"{where}: prompt must be a list holding one user message, "
-                                f"got {messages!r:.200}")
+        raise MalformedRowError(f"{where}: prompt must be a list holding one user message, got {messages!r:.200}")
     message = messages[0]
     if message.get("role") != "user" or not isinstance(message.get("content"), str):
-        raise MalformedRowError(f"{where}: prompt[0] must be {{'role': 'user', 'content': <str>}}, "
-                                f"got {message!r:.200}")
+        raise MalformedRowError(
+            f"{where}: prompt[0] must be {{'role': 'user', 'content': <str>}}, got {message!r:.200}"
+        )
     return message["content"]
 
 

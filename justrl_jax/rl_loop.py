@@ -30,16 +30,16 @@ from flax import nnx
 
 from justrl_jax.advantages import group_advantages
 from justrl_jax.checkpoint import Checkpointer, abstract_like
-from justrl_jax.config import dump_yaml, to_dict
+from justrl_jax.config_io import dump_yaml, to_dict
 from justrl_jax.data import PromptStream
 from justrl_jax.distributed import barrier
 from justrl_jax.metrics import MetricsWriter
-from justrl_jax.model_source import Policy, load_policy
-from justrl_jax.rollout_batch import build_train_batch
+from justrl_jax.model.source import Policy, load_policy
 from justrl_jax.run_config import RunConfig
 from justrl_jax.sampler import Sampler, SamplerConfig
 from justrl_jax.sampling import strategy_for
 from justrl_jax.sharding import MeshConfig, data_parallel_size, make_mesh
+from justrl_jax.train_batch import build_train_batch
 from justrl_jax.train_step import (
     TrainState,
     init_train_state,
@@ -84,11 +84,15 @@ def check_against_mesh(cfg: RunConfig, mesh) -> None:
     dp = data_parallel_size(mesh)
     n = cfg.rollout.sequences
     if n % dp:
-        raise ValueError(f"rollout batch of {n} responses is not divisible by the data-parallel size {dp} "
-                         f"(mesh {dict(mesh.shape)}); change rollout.prompts_per_step or --mesh")
+        raise ValueError(
+            f"rollout batch of {n} responses is not divisible by the data-parallel size {dp} "
+            f"(mesh {dict(mesh.shape)}); change rollout.prompts_per_step or --mesh"
+        )
     if cfg.train.mini_batch_size % dp:
-        raise ValueError(f"train.mini_batch_size ({cfg.train.mini_batch_size}) is not divisible by the "
-                         f"data-parallel size {dp} (mesh {dict(mesh.shape)})")
+        raise ValueError(
+            f"train.mini_batch_size ({cfg.train.mini_batch_size}) is not divisible by the "
+            f"data-parallel size {dp} (mesh {dict(mesh.shape)})"
+        )
 
 
 def _to_global(tree, mesh, spec):
@@ -105,8 +109,15 @@ def _to_global(tree, mesh, spec):
 class RLRunner:
     """Builds every part of a run from a :class:`RunConfig`, then :meth:`run` steps it."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, mesh_spec: str | None = None,
-                 resume: bool | str = True, devices: list | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        *,
+        mesh_spec: str | None = None,
+        resume: bool | str = True,
+        devices: list | None = None,
+    ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.primary = jax.process_index() == 0
@@ -133,16 +144,23 @@ class RLRunner:
 
         from transformers import AutoTokenizer
 
-        policy: Policy = load_policy(model_path, self.mesh, param_dtype=cfg.model.param_dtype.jnp,
-                                     compute_dtype=cfg.model.dtype.jnp, remat=cfg.train.remat)
+        policy: Policy = load_policy(
+            model_path,
+            self.mesh,
+            param_dtype=cfg.model.param_dtype.jnp,
+            compute_dtype=cfg.model.dtype.jnp,
+            remat=cfg.train.remat,
+        )
         self.policy = policy
         self._check_memory(policy.model.config)
         self.tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
         self.stream = PromptStream(self.data_cfg, self.tokenizer)
         self.total_steps = cfg.loop.total_steps or self.stream.num_examples // cfg.rollout.prompts_per_step
         if self.total_steps < 1:
-            raise ValueError(f"{data_path}: {self.stream.num_examples} prompts make no full batch of "
-                             f"{cfg.rollout.prompts_per_step}; set loop.total_steps")
+            raise ValueError(
+                f"{data_path}: {self.stream.num_examples} prompts make no full batch of "
+                f"{cfg.rollout.prompts_per_step}; set loop.total_steps"
+            )
 
         self.graphdef, self.state = init_train_state(policy.model, cfg.train.optim, self.mesh)
         self.sharding = state_sharding(self.state)
@@ -151,10 +169,14 @@ class RLRunner:
         r = cfg.rollout
         self.sampler = Sampler(
             self.graphdef,
-            SamplerConfig(max_new_tokens=r.max_new_tokens,
-                          strategy=strategy_for(r.temperature, r.top_p, r.top_k),
-                          kv_cache_budget_bytes=int(r.kv_cache_budget_gb * 2**30) or None),
-            mesh=self.mesh, eos_ids=policy.eos_ids, pad_id=int(self.tokenizer.pad_token_id),
+            SamplerConfig(
+                max_new_tokens=r.max_new_tokens,
+                strategy=strategy_for(r.temperature, r.top_p, r.top_k),
+                kv_cache_budget_bytes=int(r.kv_cache_budget_gb * 2**30) or None,
+            ),
+            mesh=self.mesh,
+            eos_ids=policy.eos_ids,
+            pad_id=int(self.tokenizer.pad_token_id),
         )
         self.key = jax.random.key(cfg.loop.seed)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint) if cfg.checkpoint.enabled else None
@@ -166,7 +188,7 @@ class RLRunner:
 
     def _check_memory(self, arch) -> None:
         """Prints the memory plan and refuses, before anything compiles, what cannot fit the device."""
-        from justrl_jax.memory_plan import advice, plan_memory
+        from justrl_jax.memory_estimate import advice, plan_memory
 
         cfg = self.cfg
         stats = jax.local_devices()[0].memory_stats() or {}
@@ -178,9 +200,11 @@ class RLRunner:
             plan = dataclasses.replace(plan, device_memory=int(limit))
         log.info("memory plan per device (mesh fsdp=%d, tensor=%d):\n%s", fsdp, tensor, plan.table())
         if limit is not None and plan.training_peak > limit:
-            raise ValueError(f"the update needs ~{plan.training_peak / 2**30:.1f} GiB per device but "
-                             f"{jax.local_devices()[0].device_kind} has {limit / 2**30:.1f} GiB; reduce "
-                             f"{advice(plan, inputs, MeshConfig(fsdp, tensor))}")
+            raise ValueError(
+                f"the update needs ~{plan.training_peak / 2**30:.1f} GiB per device but "
+                f"{jax.local_devices()[0].device_kind} has {limit / 2**30:.1f} GiB; reduce "
+                f"{advice(plan, inputs, MeshConfig(fsdp, tensor))}"
+            )
 
     # --- checkpoints -----------------------------------------------------------------------------
 
@@ -195,9 +219,11 @@ class RLRunner:
             "mesh": {str(k): int(v) for k, v in self.mesh.shape.items()},
             "process_count": jax.process_count(),
             "saved_at_unix_s": time.time(),
-            "model": {"arch": dataclasses.asdict(self.policy.model.config),
-                      "tokenizer_dir": str(Path(self.policy.tokenizer_dir).absolute()),
-                      "eos_ids": list(self.policy.eos_ids)},
+            "model": {
+                "arch": dataclasses.asdict(self.policy.model.config),
+                "tokenizer_dir": str(Path(self.policy.tokenizer_dir).absolute()),
+                "eos_ids": list(self.policy.eos_ids),
+            },
             "train": {"step": int(self.state.step), "skipped_updates": int(self.state.skipped_updates)},
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         }
@@ -215,8 +241,11 @@ class RLRunner:
         if self.primary:  # the tokenizer and configs, once, so the run converts on any machine
             save_hf_assets(self.policy.tokenizer_dir, self.run_dir)
         params = nnx.to_pure_dict(self.state.params)
-        other = {"opt_state": self.state.opt_state, "step": self.state.step,
-                 "skipped_updates": self.state.skipped_updates}
+        other = {
+            "opt_state": self.state.opt_state,
+            "step": self.state.step,
+            "skipped_updates": self.state.skipped_updates,
+        }
         saved = self.checkpointer.save(step, params, other, self._meta(step, metrics))
         if saved:
             log.info("checkpoint: step %d -> %s", step, self.checkpointer.step_dir(step))
@@ -230,7 +259,7 @@ class RLRunner:
         from it (its own newer checkpoints are deleted). ``False``: step 0, deleting old checkpoints.
         """
         from justrl_jax.checkpoint import dict_changes, read_meta, restore_step_dir
-        from justrl_jax.model_source import find_checkpoint
+        from justrl_jax.model.source import find_checkpoint
 
         if self.checkpointer is None:
             if isinstance(resume, (str, Path)):
@@ -240,8 +269,7 @@ class RLRunner:
         if resume is False:
             dropped = own.delete_after(-1)
             if dropped:
-                log.warning("--no-resume: deleted the checkpoints %s in %s; starting at step 0", dropped,
-                            own.directory)
+                log.warning("--no-resume: deleted the checkpoints %s in %s; starting at step 0", dropped, own.directory)
             return
         if isinstance(resume, (str, Path)):
             step_dir = find_checkpoint(resume)
@@ -260,23 +288,29 @@ class RLRunner:
 
         differs = dict_changes(meta["model"]["arch"], dataclasses.asdict(self.policy.model.config))
         if differs:
-            raise ValueError(f"checkpoint {step_dir} holds another architecture than model.path "
-                             f"({self.cfg.model.path}): " + ", ".join(
-                                 f"{k} {saved!r} (checkpoint) != {now!r}" for k, saved, now in differs))
+            raise ValueError(
+                f"checkpoint {step_dir} holds another architecture than model.path "
+                f"({self.cfg.model.path}): "
+                + ", ".join(f"{k} {saved!r} (checkpoint) != {now!r}" for k, saved, now in differs)
+            )
         changed = dict_changes(meta.get("config", {}), to_dict(self.cfg))
         if changed:
-            log.warning("resuming with a config that differs from the checkpoint's: %s",
-                        "; ".join(f"{k}: {saved!r} -> {now!r}" for k, saved, now in changed))
+            log.warning(
+                "resuming with a config that differs from the checkpoint's: %s",
+                "; ".join(f"{k}: {saved!r} -> {now!r}" for k, saved, now in changed),
+            )
 
         params_target = abstract_like(nnx.to_pure_dict(self.state.params))
-        other_target = abstract_like({"opt_state": self.state.opt_state, "step": self.state.step,
-                                      "skipped_updates": self.state.skipped_updates})
+        other_target = abstract_like(
+            {"opt_state": self.state.opt_state, "step": self.state.step, "skipped_updates": self.state.skipped_updates}
+        )
         restored = restore_step_dir(step_dir, params_target, other_target)
         params = self.state.params
         nnx.replace_by_pure_dict(params, restored.params)
         other = restored.opt_state
-        self.state = TrainState(params=params, opt_state=other["opt_state"], step=other["step"],
-                                skipped_updates=other["skipped_updates"])
+        self.state = TrainState(
+            params=params, opt_state=other["opt_state"], step=other["step"], skipped_updates=other["skipped_updates"]
+        )
         self.stream.set_state(meta["data"])
         self.key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], dtype=jnp.uint32))
         self.start_step = step
@@ -285,10 +319,14 @@ class RLRunner:
         same = step_dir.absolute().resolve() == own.step_dir(step).resolve()
         dropped = own.delete_after(step if same else step - 1)
         if dropped:
-            log.warning("deleted the checkpoints %s of %s: the run continues from step %d of %s",
-                        dropped, own.directory, step, step_dir)
-        log.warning("resuming from step %d (%s): %s, saved on mesh %s", step, step_dir, source,
-                    meta.get("mesh", "?"))
+            log.warning(
+                "deleted the checkpoints %s of %s: the run continues from step %d of %s",
+                dropped,
+                own.directory,
+                step,
+                step_dir,
+            )
+        log.warning("resuming from step %d (%s): %s, saved on mesh %s", step, step_dir, source, meta.get("mesh", "?"))
 
     # --- one step --------------------------------------------------------------------------------
 
@@ -299,16 +337,22 @@ class RLRunner:
         batch = self.stream.next_batch(cfg.rollout.prompts_per_step)
 
         t = time.perf_counter()
-        rollout = self.sampler.generate(self.state.params, batch.prompt_ids, batch.prompt_mask,
-                                        n=cfg.rollout.samples_per_prompt, key=jax.random.fold_in(self.key, step))
+        rollout = self.sampler.generate(
+            self.state.params,
+            batch.prompt_ids,
+            batch.prompt_mask,
+            n=cfg.rollout.samples_per_prompt,
+            key=jax.random.fold_in(self.key, step),
+        )
         # The Rollout is already gathered to every host as numpy (the sampler does it per wave).
         completion, completion_mask = rollout.completion_ids, rollout.completion_mask
         lengths, finish = completion_mask.sum(axis=1), rollout.finish
         times["time/generate_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        texts = self.tokenizer.batch_decode([row[:n] for row, n in zip(completion, lengths, strict=True)],
-                                            skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(
+            [row[:n] for row, n in zip(completion, lengths, strict=True)], skip_special_tokens=True
+        )
         golds = [g for g in batch.golds for _ in range(cfg.rollout.samples_per_prompt)]
         verdicts = self.verifier.verify(texts, golds, response_lengths=lengths.tolist())
         rewards = np.asarray([v.reward for v in verdicts], np.float32)
@@ -317,8 +361,15 @@ class RLRunner:
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), cfg.rollout.samples_per_prompt))
         prompt_ids = np.repeat(batch.prompt_ids, cfg.rollout.samples_per_prompt, axis=0)
         prompt_mask = np.repeat(batch.prompt_mask, cfg.rollout.samples_per_prompt, axis=0)
-        host_batch = build_train_batch(prompt_ids, prompt_mask, completion, completion_mask, advantages,
-                                       cfg.rollout.length_bucket, int(self.tokenizer.pad_token_id))
+        host_batch = build_train_batch(
+            prompt_ids,
+            prompt_mask,
+            completion,
+            completion_mask,
+            advantages,
+            cfg.rollout.length_bucket,
+            int(self.tokenizer.pad_token_id),
+        )
         train_batch = _to_global(host_batch, self.mesh, jax.sharding.PartitionSpec("fsdp"))
 
         t = time.perf_counter()
@@ -339,8 +390,9 @@ class RLRunner:
         metrics = {
             "reward/mean": float(rewards.mean()),
             "reward/accuracy": float(correct.mean()),
-            "reward/all_equal_groups": float(np.mean(
-                rewards.reshape(-1, cfg.rollout.samples_per_prompt).std(axis=1) == 0)),
+            "reward/all_equal_groups": float(
+                np.mean(rewards.reshape(-1, cfg.rollout.samples_per_prompt).std(axis=1) == 0)
+            ),
             "response/length_mean": float(lengths.mean()),
             "response/length_max": int(lengths.max()),
             "response/length_min": int(lengths.min()),
@@ -398,8 +450,11 @@ class RLRunner:
                 self._maybe_validate(self.start_step, first=True)
                 for step in range(self.start_step, self.total_steps):
                     if step == self.start_step and stopping():
-                        log.warning("stopped by %s before step %d: nothing new to save",
-                                    stop.signal_name or "a signal to another host", step)
+                        log.warning(
+                            "stopped by %s before step %d: nothing new to save",
+                            stop.signal_name or "a signal to another host",
+                            step,
+                        )
                         break
                     # Hosts start each step together; one that died or hangs fails the others here.
                     barrier(f"step-{step}", cfg.loop.distributed_timeout_s)
@@ -417,16 +472,21 @@ class RLRunner:
                             f"{nonfinite} consecutive steps had only non-finite gradients (up to step {step}): "
                             f"every update was skipped (NaN/Inf loss or gradients, see actor/* in "
                             f"{self.metrics.path}); stopping. {newest_checkpoint()}; resume from it with a "
-                            f"smaller train.optim.lr or other data.")
+                            f"smaller train.optim.lr or other data."
+                        )
                     if stop_now or done % cfg.checkpoint.every_steps == 0 or done == self.total_steps:
                         if not self._save(done, last) and self.checkpointer is not None:
                             raise NonFiniteError(
                                 f"after step {step} the parameters or optimizer state hold NaN/Inf (see the "
-                                f"log for which); not saved. {newest_checkpoint()}.")
+                                f"log for which); not saved. {newest_checkpoint()}."
+                            )
                     if stop_now:
-                        log.warning("stopped by %s after %d completed steps; %s",
-                                    stop.signal_name or "a signal to another host", done,
-                                    f"checkpoint {done} saved" if self.checkpointer else "checkpoints are disabled")
+                        log.warning(
+                            "stopped by %s after %d completed steps; %s",
+                            stop.signal_name or "a signal to another host",
+                            done,
+                            f"checkpoint {done} saved" if self.checkpointer else "checkpoints are disabled",
+                        )
                         break
         finally:
             if self.checkpointer is not None:

@@ -12,7 +12,7 @@ import enum
 from pathlib import Path
 
 from justrl_jax.checkpoint import CheckpointConfig
-from justrl_jax.config import ConfigError, apply_overrides, from_dict, load_yaml
+from justrl_jax.config_io import ConfigError, apply_overrides, from_dict, load_yaml
 from justrl_jax.data import DataConfig
 from justrl_jax.demo import DemoConfig
 from justrl_jax.train_step import TrainConfig
@@ -149,23 +149,31 @@ class RunConfig:
                 raise ValueError("data.path is empty: name the training prompts (parquet or JSONL)")
         n = self.rollout.sequences
         if n % self.train.mini_batch_size:
-            raise ValueError(f"rollout.prompts_per_step x samples_per_prompt = {n} responses is not a multiple "
-                             f"of train.mini_batch_size ({self.train.mini_batch_size})")
+            raise ValueError(
+                f"rollout.prompts_per_step x samples_per_prompt = {n} responses is not a multiple "
+                f"of train.mini_batch_size ({self.train.mini_batch_size})"
+            )
         if self.train.mini_batch_size % self.rollout.samples_per_prompt:
-            raise ValueError(f"train.mini_batch_size ({self.train.mini_batch_size}) must hold whole prompt groups "
-                             f"of rollout.samples_per_prompt ({self.rollout.samples_per_prompt})")
+            raise ValueError(
+                f"train.mini_batch_size ({self.train.mini_batch_size}) must hold whole prompt groups "
+                f"of rollout.samples_per_prompt ({self.rollout.samples_per_prompt})"
+            )
 
     def plan_inputs(self, fsdp: int, sampler_waves: int = 0):
         """The memory plan's workload for this run on ``fsdp`` data-parallel shards (see ``memory_plan``)."""
-        from justrl_jax.memory_plan import PlanInputs
+        from justrl_jax.memory_estimate import PlanInputs
 
         itemsize = 2 if self.model.dtype is DType.BFLOAT16 else 4
         return PlanInputs(
-            rollout_sequences=self.rollout.sequences, prompt_tokens=self.data.max_prompt_tokens,
+            rollout_sequences=self.rollout.sequences,
+            prompt_tokens=self.data.max_prompt_tokens,
             max_new_tokens=self.rollout.max_new_tokens,
             micro_batch_sequences=max(1, self.train.micro_batch_size // fsdp),
-            compute_bytes=itemsize, kv_cache_bytes_per_value=itemsize,
-            logp_chunk_tokens=self.train.logp_chunk_size, sampler_waves=sampler_waves)
+            compute_bytes=itemsize,
+            kv_cache_bytes_per_value=itemsize,
+            logp_chunk_tokens=self.train.logp_chunk_size,
+            sampler_waves=sampler_waves,
+        )
 
 
 def default_config_path() -> Path:

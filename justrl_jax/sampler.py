@@ -42,9 +42,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from justrl_jax.kv_cache import KVCache
-from justrl_jax.params import state_shardings
-from justrl_jax.qwen2 import Qwen2, Qwen2Config, positions_from_mask
+from justrl_jax.model.construct import state_shardings
+from justrl_jax.model.kv_cache import KVCache
+from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 from justrl_jax.sampling import Greedy, Strategy, Temperature, TopK, TopP
 from justrl_jax.sharding import data_parallel_size, logical_spec
 
@@ -107,12 +107,14 @@ class SamplerConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"sampler.{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.strategy, _STRATEGIES):
-            raise ValueError(f"sampler.strategy must be one of {[s.__name__ for s in _STRATEGIES]}, "
-                             f"got {self.strategy!r}")
+            raise ValueError(
+                f"sampler.strategy must be one of {[s.__name__ for s in _STRATEGIES]}, got {self.strategy!r}"
+            )
         budget = self.kv_cache_budget_bytes
         if budget is not None and (not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"sampler.kv_cache_budget_bytes must be None (no limit) or an integer >= 1, "
-                             f"got {budget!r}")
+            raise ValueError(
+                f"sampler.kv_cache_budget_bytes must be None (no limit) or an integer >= 1, got {budget!r}"
+            )
         if not isinstance(self.decode_chunk, int) or self.decode_chunk < 0:
             raise ValueError(f"sampler.decode_chunk must be an integer >= 0 (0: off), got {self.decode_chunk!r}")
         if self.cache_dtype is not None:
@@ -126,8 +128,10 @@ class SamplerConfig:
         full = prompt_width + self.max_new_tokens
         if self.decode_chunk == 0 or self.decode_chunk >= self.max_new_tokens:
             return [full]
-        return [min(prompt_width + k * self.decode_chunk, full)
-                for k in range(1, -(-self.max_new_tokens // self.decode_chunk) + 1)]
+        return [
+            min(prompt_width + k * self.decode_chunk, full)
+            for k in range(1, -(-self.max_new_tokens // self.decode_chunk) + 1)
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,16 +144,25 @@ class WavePlan:
     peak_bytes_per_device: int  # KV cache at its peak (the last growth: old and new cache both alive)
 
 
-def plan_waves(model: Qwen2Config, config: SamplerConfig, rows: int, prompt_width: int, *, data_parallel: int = 1,
-               tensor: int = 1, itemsize: int = 4) -> WavePlan:
+def plan_waves(
+    model: Qwen2Config,
+    config: SamplerConfig,
+    rows: int,
+    prompt_width: int,
+    *,
+    data_parallel: int = 1,
+    tensor: int = 1,
+    itemsize: int = 4,
+) -> WavePlan:
     """Plans the KV cache of ``rows`` sequences before anything is allocated; raises ValueError when even
     one row per device does not fit ``config.kv_cache_budget_bytes``."""
     kv_heads = model.num_kv_heads // tensor if model.num_kv_heads % tensor == 0 else model.num_kv_heads
     sizes = [prompt_width] + config.segments(prompt_width)
 
     def peak(rows_per_device: int) -> int:
-        one = [KVCache.bytes_for(model.num_layers, rows_per_device, s, kv_heads, model.head_dim, itemsize)
-               for s in sizes]
+        one = [
+            KVCache.bytes_for(model.num_layers, rows_per_device, s, kv_heads, model.head_dim, itemsize) for s in sizes
+        ]
         return max(a + b for a, b in zip(one, one[1:], strict=False))
 
     per_device = -(-rows // data_parallel)
@@ -160,15 +173,15 @@ def plan_waves(model: Qwen2Config, config: SamplerConfig, rows: int, prompt_widt
                 f"sampler.kv_cache_budget_bytes={budget} cannot hold one sequence per device: a cache of "
                 f"{prompt_width} prompt + {config.max_new_tokens} new tokens needs {peak(1)} bytes at its peak. "
                 f"Lower max_new_tokens or the prompt length, use a smaller cache_dtype, shard KV heads over "
-                f"more tensor devices, or raise the budget")
+                f"more tensor devices, or raise the budget"
+            )
         lo, hi = 1, per_device  # peak(lo) fits, peak(hi) does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if peak(mid) <= budget else (lo, mid)
         per_device = lo
     wave_rows = per_device * data_parallel
-    return WavePlan(rows=rows, wave_rows=wave_rows, waves=-(-rows // wave_rows),
-                    peak_bytes_per_device=peak(per_device))
+    return WavePlan(rows=rows, wave_rows=wave_rows, waves=-(-rows // wave_rows), peak_bytes_per_device=peak(per_device))
 
 
 def reshard_params(params: nnx.State, mesh: Mesh | None) -> nnx.State:
@@ -179,8 +192,9 @@ def reshard_params(params: nnx.State, mesh: Mesh | None) -> nnx.State:
     target = state_shardings(params, mesh)
     leaves = jax.tree.leaves(params)
     wanted = jax.tree.leaves(target)
-    if all(isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim)
-           for x, s in zip(leaves, wanted, strict=True)):
+    if all(
+        isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim) for x, s in zip(leaves, wanted, strict=True)
+    ):
         return params
     return jax.device_put(params, target)
 
@@ -208,8 +222,15 @@ class Sampler:
     programs are cached on the instance: keep one Sampler for a run.
     """
 
-    def __init__(self, graphdef_or_model: nnx.GraphDef | Qwen2, config: SamplerConfig, mesh: Mesh | None = None,
-                 *, eos_ids: int | tuple[int, ...] | list[int], pad_id: int):
+    def __init__(
+        self,
+        graphdef_or_model: nnx.GraphDef | Qwen2,
+        config: SamplerConfig,
+        mesh: Mesh | None = None,
+        *,
+        eos_ids: int | tuple[int, ...] | list[int],
+        pad_id: int,
+    ):
         if isinstance(graphdef_or_model, nnx.Module):
             graphdef_or_model = nnx.split(graphdef_or_model, nnx.Param)[0]
         if not isinstance(graphdef_or_model, nnx.GraphDef):
@@ -241,10 +262,14 @@ class Sampler:
 
     def _shard_state(self, s: _DecodeState) -> _DecodeState:
         kv = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
-        cache = s.cache.replace(k=self._shard(s.cache.k, *kv), v=self._shard(s.cache.v, *kv),
-                                mask=self._shard(s.cache.mask, "batch", "cache_seq"))
-        return s.replace(cache=cache, tokens=self._shard(s.tokens, "batch", None),
-                         logprobs=self._shard(s.logprobs, "batch", None))
+        cache = s.cache.replace(
+            k=self._shard(s.cache.k, *kv),
+            v=self._shard(s.cache.v, *kv),
+            mask=self._shard(s.cache.mask, "batch", "cache_seq"),
+        )
+        return s.replace(
+            cache=cache, tokens=self._shard(s.tokens, "batch", None), logprobs=self._shard(s.logprobs, "batch", None)
+        )
 
     def _advance(self, s: _DecodeState, logits: jax.Array) -> _DecodeState:
         """Samples token ``s.step`` of every row from its logits [W, V] and records it."""
@@ -259,7 +284,10 @@ class Sampler:
         return s.replace(
             tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, tokens[:, None], s.step, axis=1),
             logprobs=jax.lax.dynamic_update_slice_in_dim(s.logprobs, logprobs[:, None], s.step, axis=1),
-            step=s.step + 1, done=s.done | hit, eos=s.eos | hit, length=s.length + live.astype(jnp.int32),
+            step=s.step + 1,
+            done=s.done | hit,
+            eos=s.eos | hit,
+            length=s.length + live.astype(jnp.int32),
         )
 
     def _grow(self, cache: KVCache, slots: int) -> KVCache:
@@ -267,8 +295,9 @@ class Sampler:
         if extra == 0:
             return cache
         pad = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
-        return cache.replace(k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad),
-                             mask=jnp.pad(cache.mask, [(0, 0), (0, extra)]))
+        return cache.replace(
+            k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad), mask=jnp.pad(cache.mask, [(0, 0), (0, extra)])
+        )
 
     def _grow_state(self, state: _DecodeState, *, slots: int) -> _DecodeState:
         return self._shard_state(state.replace(cache=self._grow(state.cache, slots)))
@@ -279,8 +308,10 @@ class Sampler:
         w, p = prompt_ids.shape
         mask = prompt_mask.astype(bool)
         cache = model.init_cache(w, p, self.config.cache_dtype)
-        cache = cache.replace(k=self._shard(cache.k, "layers", "batch", "cache_seq", "kv_heads", "head_dim"),
-                              v=self._shard(cache.v, "layers", "batch", "cache_seq", "kv_heads", "head_dim"))
+        cache = cache.replace(
+            k=self._shard(cache.k, "layers", "batch", "cache_seq", "kv_heads", "head_dim"),
+            v=self._shard(cache.v, "layers", "batch", "cache_seq", "kv_heads", "head_dim"),
+        )
         hidden, cache = model(prompt_ids, positions_from_mask(mask), mask, cache)
         logits = model.logits(hidden[:, -1:])[:, 0]  # left padding: the last column is every row's last token
         t = self.config.max_new_tokens
@@ -318,8 +349,15 @@ class Sampler:
 
     # --- the host side ---------------------------------------------------------------------------
 
-    def generate(self, params: nnx.State | Qwen2, prompt_ids: np.ndarray, prompt_mask: np.ndarray, *, n: int = 1,
-                 key: int | jax.Array = 0) -> Rollout:
+    def generate(
+        self,
+        params: nnx.State | Qwen2,
+        prompt_ids: np.ndarray,
+        prompt_mask: np.ndarray,
+        *,
+        n: int = 1,
+        key: int | jax.Array = 0,
+    ) -> Rollout:
         """Samples ``n`` completions of each left-padded prompt. ``key``: an int seed or a JAX PRNG key."""
         if isinstance(params, nnx.Module):
             params = nnx.state(params, nnx.Param)
@@ -357,15 +395,18 @@ class Sampler:
         return Rollout(
             prompt_ids=np.repeat(np.asarray(prompt_ids, np.int32), n, axis=0),
             prompt_mask=np.repeat(np.asarray(prompt_mask).astype(bool), n, axis=0),
-            completion_ids=out["tokens"], completion_mask=completion_mask,
+            completion_ids=out["tokens"],
+            completion_mask=completion_mask,
             logprobs=np.where(completion_mask, out["logprobs"], 0.0).astype(np.float32),
-            lengths=out["length"].astype(np.int32), finish=finish,
+            lengths=out["length"].astype(np.int32),
+            finish=finish,
         )
 
     def _run_wave(self, params, ids, mask, keys, active, width) -> dict[str, np.ndarray]:
         segments = self.config.segments(width)
-        state = self.prefill_fn(params, self._put(ids), self._put(mask), self._put(keys), self._put(active),
-                                slots=segments[0])
+        state = self.prefill_fn(
+            params, self._put(ids), self._put(mask), self._put(keys), self._put(active), slots=segments[0]
+        )
         for k, slots in enumerate(segments):
             if k:
                 if bool(_host(state.done).all()):
@@ -442,6 +483,6 @@ def _left_pad(ids: np.ndarray, mask: np.ndarray, width: int, pad_id: int) -> tup
     out_ids = np.full((b, width), pad_id, np.int32)
     out_mask = np.zeros((b, width), bool)
     keep = min(p, width)
-    out_ids[:, width - keep:] = np.where(mask[:, p - keep:], ids[:, p - keep:], pad_id)
-    out_mask[:, width - keep:] = mask[:, p - keep:]
+    out_ids[:, width - keep :] = np.where(mask[:, p - keep :], ids[:, p - keep :], pad_id)
+    out_mask[:, width - keep :] = mask[:, p - keep :]
     return out_ids, out_mask

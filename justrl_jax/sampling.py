@@ -175,6 +175,7 @@ def strategy_for(temperature: float, top_p: float = 1.0, top_k: int = -1, greedy
 
 # --- the shared pieces ----------------------------------------------------------------------------
 
+
 def _first_max(logits: jax.Array, top: jax.Array) -> jax.Array:
     """argmax as "the first index holding the max": XLA:CPU's variadic argmax reduction is ~10x slower."""
     ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)

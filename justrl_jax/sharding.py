@@ -86,9 +86,7 @@ class MeshConfig:
         """Concrete ``(fsdp, tensor)`` sizes for ``num_devices``, or a clear error."""
         if self.fsdp == -1:
             if num_devices % self.tensor:
-                raise ValueError(
-                    f"mesh tensor={self.tensor} does not divide the {num_devices} available devices"
-                )
+                raise ValueError(f"mesh tensor={self.tensor} does not divide the {num_devices} available devices")
             return num_devices // self.tensor, self.tensor
         if self.fsdp * self.tensor != num_devices:
             raise ValueError(

@@ -20,16 +20,29 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m justrl_jax.train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m justrl_jax.train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default=None, help="YAML preset (default: configs/demo.yaml, the CPU demo)")
     p.add_argument("--mesh", default=None, help="'4x4' (fsdp x tensor) or 'fsdp=8,tensor=2'; default all fsdp")
     p.add_argument("--run-dir", default=None, help="checkpoints, metrics and logs (default runs/<config name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set rollout.max_new_tokens=4096 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set rollout.max_new_tokens=4096 (repeatable)",
+    )
     resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", default=None, metavar="PATH",
-                        help="resume from this run directory or checkpoint step instead of --run-dir's newest")
+    resume.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH",
+        help="resume from this run directory or checkpoint step instead of --run-dir's newest",
+    )
     resume.add_argument("--no-resume", action="store_true", help="start from step 0 even if checkpoints exist")
     p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process without TPU env)")
     p.add_argument("--num-processes", type=int, default=None)
@@ -49,9 +62,14 @@ def _maybe_init_distributed(args, timeout_s: int) -> None:
     if args.coordinator is not None:
         if args.num_processes is None or args.process_id is None:
             raise SystemExit("error: --coordinator needs --num-processes and --process-id")
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                                   initialization_timeout=timeout_s, heartbeat_timeout_seconds=max(10, timeout_s // 3),
-                                   shutdown_timeout_seconds=timeout_s)
+        jax.distributed.initialize(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            initialization_timeout=timeout_s,
+            heartbeat_timeout_seconds=max(10, timeout_s // 3),
+            shutdown_timeout_seconds=timeout_s,
+        )
     elif "," in hosts:
         jax.distributed.initialize(initialization_timeout=timeout_s)
 
@@ -60,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    from justrl_jax.config import ConfigError
+    from justrl_jax.config_io import ConfigError
     from justrl_jax.run_config import default_config_path, load_run_config
 
     try:
@@ -88,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
         rewards = [r["reward/mean"] for r in read_metrics(run_dir) if isinstance(r.get("reward/mean"), float)]
         k = min(10, len(rewards))
-        print(f"done: {run_dir}: mean reward {sum(rewards[:k]) / k:+.3f} over the first {k} steps, "
-              f"{sum(rewards[-k:]) / k:+.3f} over the last {k} (metrics.jsonl, tensorboard/, checkpoints/)")
+        print(
+            f"done: {run_dir}: mean reward {sum(rewards[:k]) / k:+.3f} over the first {k} steps, "
+            f"{sum(rewards[-k:]) / k:+.3f} over the last {k} (metrics.jsonl, tensorboard/, checkpoints/)"
+        )
     return 0
 
 

@@ -19,7 +19,7 @@ no ``[tokens, vocab]`` logits are kept and none are recomputed. With ``batch.com
 the prompt width, the prompt positions are not unembedded at all.
 
 Sharding: the batch is split over the ``fsdp`` mesh axis; parameters and optimizer moments keep their
-logical layout (see :mod:`justrl_jax.params`); the state is donated.
+logical layout (see :mod:`justrl_jax.model.construct`); the state is donated.
 
 Example::
 
@@ -44,8 +44,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from justrl_jax.losses import LossConfig, LossStats, fused_policy_loss, sequence_logps
+from justrl_jax.model.construct import state_shardings
 from justrl_jax.optim import OptimConfig, learning_rate_at, make_optimizer, set_learning_rate
-from justrl_jax.params import state_shardings
 from justrl_jax.sharding import data_parallel_size, replicated
 
 _BATCH_AXIS = "fsdp"
@@ -84,8 +84,10 @@ class TrainConfig:
         if self.micro_batch_size < 1:
             raise ValueError(f"train.micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if self.mini_batch_size % self.micro_batch_size:
-            raise ValueError(f"train.micro_batch_size ({self.micro_batch_size}) must divide "
-                             f"train.mini_batch_size ({self.mini_batch_size})")
+            raise ValueError(
+                f"train.micro_batch_size ({self.micro_batch_size}) must divide "
+                f"train.mini_batch_size ({self.mini_batch_size})"
+            )
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ValueError(f"train.micro_batch_tokens must be >= 1 or None, got {self.micro_batch_tokens}")
         if self.logp_chunk_size < 1:
@@ -179,8 +181,10 @@ class LogpResult:
 
 # --- state ---------------------------------------------------------------------------------------
 
-def init_train_state(model: nnx.Module, optim_cfg: OptimConfig, mesh: Mesh | None = None
-                     ) -> tuple[nnx.GraphDef, TrainState]:
+
+def init_train_state(
+    model: nnx.Module, optim_cfg: OptimConfig, mesh: Mesh | None = None
+) -> tuple[nnx.GraphDef, TrainState]:
     """Splits ``model`` into its static graphdef and a fresh :class:`TrainState` (step 0).
 
     On a mesh, parameters are placed by their logical axes and the optimizer moments are created
@@ -192,8 +196,12 @@ def init_train_state(model: nnx.Module, optim_cfg: OptimConfig, mesh: Mesh | Non
     def init(params):
         # A real copy: the train step donates the state, and must not consume the model's own arrays.
         params = jax.tree.map(jnp.copy, params)
-        return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
-                          skipped_updates=jnp.zeros((), jnp.int32))
+        return TrainState(
+            params=params,
+            opt_state=tx.init(params),
+            step=jnp.zeros((), jnp.int32),
+            skipped_updates=jnp.zeros((), jnp.int32),
+        )
 
     if mesh is None:
         return graphdef, jax.jit(init)(params)
@@ -203,12 +211,18 @@ def init_train_state(model: nnx.Module, optim_cfg: OptimConfig, mesh: Mesh | Non
     return graphdef, jax.jit(init, out_shardings=sharding)(params)
 
 
-def train_state_sharding(abstract: TrainState, param_sharding: nnx.State, optim_cfg: OptimConfig,
-                         mesh: Mesh) -> TrainState:
+def train_state_sharding(
+    abstract: TrainState, param_sharding: nnx.State, optim_cfg: OptimConfig, mesh: Mesh
+) -> TrainState:
     """NamedShardings for a TrainState: moments like their parameters, scalars replicated."""
     rep = replicated(mesh)
-    opt = optax.tree_map_params(make_optimizer(optim_cfg), lambda _, s: s, abstract.opt_state, param_sharding,
-                                transform_non_params=lambda _: rep)
+    opt = optax.tree_map_params(
+        make_optimizer(optim_cfg),
+        lambda _, s: s,
+        abstract.opt_state,
+        param_sharding,
+        transform_non_params=lambda _: rep,
+    )
     return TrainState(params=param_sharding, opt_state=opt, step=rep, skipped_updates=rep)
 
 
@@ -218,6 +232,7 @@ def state_sharding(state: TrainState) -> TrainState:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
 
 def _constrain(x, mesh: Mesh | None, spec: PartitionSpec):
     return x if mesh is None else jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
@@ -268,8 +283,10 @@ def _check_batch(batch: TrainBatch, cfg: TrainConfig, need_old: bool) -> tuple[i
 
 # --- the jitted functions ------------------------------------------------------------------------
 
-def make_compute_logps(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None,
-                       sharding: TrainState | None = None) -> Callable[[TrainState, TrainBatch], LogpResult]:
+
+def make_compute_logps(
+    graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None, sharding: TrainState | None = None
+) -> Callable[[TrainState, TrainBatch], LogpResult]:
     """Jitted ``(state, batch) -> LogpResult``: token log-probs of ``batch.tokens`` under ``state.params``
     (no gradient), micro-batched like the update. ``batch.old_logps`` is ignored."""
     dp = data_parallel_size(mesh) if mesh is not None else 1
@@ -282,15 +299,15 @@ def make_compute_logps(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | No
         def body(acc, x: TrainBatch):
             model = _merge(graphdef, state.params, cfg)
             hidden, _ = model(x.tokens, x.positions, x.attn_mask)
-            logps, ent = sequence_logps(hidden, model.unembed(), x.tokens, cfg.logp_chunk_size,
-                                        start=x.completion_start)
+            logps, ent = sequence_logps(
+                hidden, model.unembed(), x.tokens, cfg.logp_chunk_size, start=x.completion_start
+            )
             mask = x.loss_mask.astype(jnp.float32)
             return (acc[0] + jnp.sum(ent * mask), acc[1] + jnp.sum(mask)), logps
 
         zero = jnp.zeros((), jnp.float32)
         (ent_sum, tokens), logps = jax.lax.scan(body, (zero, zero), micro)
-        return LogpResult(logps=_merge_micro(logps, mesh), entropy=ent_sum / jnp.maximum(tokens, 1.0),
-                          tokens=tokens)
+        return LogpResult(logps=_merge_micro(logps, mesh), entropy=ent_sum / jnp.maximum(tokens, 1.0), tokens=tokens)
 
     if mesh is None:
         return jax.jit(compute)
@@ -298,13 +315,14 @@ def make_compute_logps(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | No
         raise ValueError("make_compute_logps on a mesh needs the state's sharding (state_sharding(state))")
     data = NamedSharding(mesh, PartitionSpec(_BATCH_AXIS))
     rep = replicated(mesh)
-    return jax.jit(compute, in_shardings=(sharding, data),
-                   out_shardings=LogpResult(logps=data, entropy=rep, tokens=rep))
+    return jax.jit(
+        compute, in_shardings=(sharding, data), out_shardings=LogpResult(logps=data, entropy=rep, tokens=rep)
+    )
 
 
-def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None,
-                    sharding: TrainState | None = None
-                    ) -> Callable[[TrainState, TrainBatch], tuple[TrainState, TrainMetrics]]:
+def make_train_step(
+    graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None, sharding: TrainState | None = None
+) -> Callable[[TrainState, TrainBatch], tuple[TrainState, TrainMetrics]]:
     """The jitted, state-donating ``train_step(state, batch) -> (state, metrics)`` of one rollout step.
 
     ``sharding`` is the TrainState of NamedShardings the state lives in (``state_sharding(state)``);
@@ -316,9 +334,18 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None,
     def loss_fn(params, x: TrainBatch):
         model = _merge(graphdef, params, cfg)
         hidden, _ = model(x.tokens, x.positions, x.attn_mask)
-        return fused_policy_loss(hidden, model.unembed(), x.tokens, x.old_logps, x.advantages, x.loss_mask,
-                                 cfg.loss, cfg.logp_chunk_size, ref_logps=x.ref_logps,
-                                 start=x.completion_start)
+        return fused_policy_loss(
+            hidden,
+            model.unembed(),
+            x.tokens,
+            x.old_logps,
+            x.advantages,
+            x.loss_mask,
+            cfg.loss,
+            cfg.logp_chunk_size,
+            ref_logps=x.ref_logps,
+            start=x.completion_start,
+        )
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
@@ -351,8 +378,9 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None,
     def train_step(state: TrainState, batch: TrainBatch) -> tuple[TrainState, TrainMetrics]:
         n, s = _check_batch(batch, cfg, need_old=True)
         if n % cfg.mini_batch_size:
-            raise ValueError(f"batch of {n} responses is not a multiple of train.mini_batch_size "
-                             f"({cfg.mini_batch_size})")
+            raise ValueError(
+                f"batch of {n} responses is not a multiple of train.mini_batch_size ({cfg.mini_batch_size})"
+            )
         k = n // cfg.mini_batch_size
         lr = learning_rate_at(cfg.optim, state.step)
         opt_state = set_learning_rate(state.opt_state, lr)
@@ -361,8 +389,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None,
             lambda x: _constrain(x.reshape(k, n // k, *x.shape[1:]), mesh, PartitionSpec(None, _BATCH_AXIS)),
             batch,
         )
-        (params, opt_state), (stats, norms, finite) = jax.lax.scan(
-            mini_batch_update, (state.params, opt_state), minis)
+        (params, opt_state), (stats, norms, finite) = jax.lax.scan(mini_batch_update, (state.params, opt_state), minis)
 
         skipped = jnp.sum(~finite).astype(jnp.int32)
         total = jax.tree.map(jnp.sum, stats).replace(ratio_max=jnp.max(stats.ratio_max))
@@ -385,8 +412,9 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None,
             updates=(k - skipped).astype(jnp.int32),
             skipped_updates=skipped,
         )
-        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1,
-                               skipped_updates=state.skipped_updates + skipped)
+        new_state = TrainState(
+            params=params, opt_state=opt_state, step=state.step + 1, skipped_updates=state.skipped_updates + skipped
+        )
         return new_state, metrics
 
     if mesh is None:
@@ -394,5 +422,6 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None,
     if sharding is None:
         raise ValueError("make_train_step on a mesh needs the state's sharding (state_sharding(state))")
     data = NamedSharding(mesh, PartitionSpec(_BATCH_AXIS))
-    return jax.jit(train_step, in_shardings=(sharding, data), out_shardings=(sharding, replicated(mesh)),
-                   donate_argnums=0)
+    return jax.jit(
+        train_step, in_shardings=(sharding, data), out_shardings=(sharding, replicated(mesh)), donate_argnums=0
+    )

@@ -31,10 +31,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input", required=True, type=Path, help="JSONL with response and gold fields")
     parser.add_argument("--output", required=True, type=Path, help="JSONL written with the verdicts")
     parser.add_argument("--workers", type=int, default=VerifierConfig.workers, help="robust-mode processes")
-    parser.add_argument("--timeout", type=float, default=VerifierConfig.sample_timeout_s,
-                        help="robust mode: seconds per sample before its worker is killed")
-    parser.add_argument("--batch-timeout", type=float, default=VerifierConfig.batch_timeout_s,
-                        help="robust mode: seconds per chunk of lines")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=VerifierConfig.sample_timeout_s,
+        help="robust mode: seconds per sample before its worker is killed",
+    )
+    parser.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=VerifierConfig.batch_timeout_s,
+        help="robust mode: seconds per chunk of lines",
+    )
     return parser.parse_args(argv)
 
 
@@ -75,8 +83,9 @@ def _score(verifier: Verifier, chunk: list[dict], out, counts: collections.Count
     verdicts = verifier.verify([r["response"] for r in chunk], [str(r["gold"]) for r in chunk])
     correct = 0
     for record, verdict in zip(chunk, verdicts, strict=True):
-        record = dict(record, reward=verdict.reward, correct=verdict.correct, pred=verdict.pred,
-                      status=verdict.status.value)
+        record = dict(
+            record, reward=verdict.reward, correct=verdict.correct, pred=verdict.pred, status=verdict.status.value
+        )
         out.write(json.dumps(record, ensure_ascii=True) + "\n")
         counts[verdict.status.value] += 1
         correct += verdict.correct
@@ -89,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify: input file {args.input} does not exist", file=sys.stderr)
         return 2
     try:
-        config = VerifierConfig(mode=VerifierMode(args.mode), workers=args.workers,
-                                sample_timeout_s=args.timeout, batch_timeout_s=args.batch_timeout)
+        config = VerifierConfig(
+            mode=VerifierMode(args.mode),
+            workers=args.workers,
+            sample_timeout_s=args.timeout,
+            batch_timeout_s=args.batch_timeout,
+        )
     except ValueError as e:
         print(f"verify: {e}", file=sys.stderr)
         return 2
@@ -115,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify: {args.input}: {message}", file=sys.stderr)
     by_status = ", ".join(f"{s.value}={counts.get(s.value, 0)}" for s in VerdictStatus)
     accuracy = correct / scored if scored else 0.0
-    print(f"verify: mode={args.mode} scored={scored} malformed={len(errors)} correct={correct} "
-          f"accuracy={accuracy:.4f} [{by_status}] time={seconds:.2f}s "
-          f"({scored / max(seconds, 1e-9):.0f}/s)", file=sys.stderr)
+    print(
+        f"verify: mode={args.mode} scored={scored} malformed={len(errors)} correct={correct} "
+        f"accuracy={accuracy:.4f} [{by_status}] time={seconds:.2f}s "
+        f"({scored / max(seconds, 1e-9):.0f}/s)",
+        file=sys.stderr,
+    )
     return 1 if errors else 0
 
 

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from justrl_jax.hf_io import load_hf_model
+from justrl_jax.model.hf_io import load_hf_model
 from justrl_jax.sampler import Sampler, SamplerConfig
 from justrl_jax.sampling import Temperature
 
@@ -42,9 +42,15 @@ def _hf_model(args):
 
     torch.manual_seed(0)
     cfg = transformers.Qwen2Config(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
     )
     return transformers.Qwen2ForCausalLM(cfg).float().eval()
 
@@ -62,9 +68,17 @@ class TorchGenerate:
     def __call__(self) -> int:
         with self.torch.no_grad():
             out = self.model.generate(
-                input_ids=self.ids, attention_mask=self.mask, do_sample=True, temperature=1.0, top_p=1.0,
-                top_k=0, max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, eos_token_id=None,
-                pad_token_id=0)
+                input_ids=self.ids,
+                attention_mask=self.mask,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=self.new_tokens,
+                min_new_tokens=self.new_tokens,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
         return int(out.shape[1] - self.ids.shape[1]) * out.shape[0]
 
 
@@ -102,18 +116,30 @@ def main():
         hf.save_pretrained(tmp)
         model = load_hf_model(tmp)  # the very same weights, through the HF importer
     params = nnx.state(model, nnx.Param)
-    sampler = Sampler(model, SamplerConfig(max_new_tokens=args.new_tokens, strategy=Temperature(1.0),
-                                           prompt_bucket=args.prompt, decode_chunk=args.decode_chunk),
-                      eos_ids=(), pad_id=0)
-    print(f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
-          f"vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} heads, "
-          f"mlp {args.mlp}; fp32; {args.prompt} prompt + {args.new_tokens} new tokens, sampling at T=1, no EOS")
+    sampler = Sampler(
+        model,
+        SamplerConfig(
+            max_new_tokens=args.new_tokens,
+            strategy=Temperature(1.0),
+            prompt_bucket=args.prompt,
+            decode_chunk=args.decode_chunk,
+        ),
+        eos_ids=(),
+        pad_id=0,
+    )
+    print(
+        f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
+        f"vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} heads, "
+        f"mlp {args.mlp}; fp32; {args.prompt} prompt + {args.new_tokens} new tokens, sampling at T=1, no EOS"
+    )
 
     rng = np.random.default_rng(0)
     for batch in args.batches:
         prompts = rng.integers(0, args.vocab, (batch, args.prompt)).astype(np.int32)
-        sides = {"justrl_jax": JaxGenerate(sampler, params, prompts),
-                 "transformers": TorchGenerate(hf, prompts, args.new_tokens)}
+        sides = {
+            "justrl_jax": JaxGenerate(sampler, params, prompts),
+            "transformers": TorchGenerate(hf, prompts, args.new_tokens),
+        }
         first = {}
         for name, fn in sides.items():
             t0 = time.perf_counter()
@@ -127,9 +153,12 @@ def main():
                 fn()
                 times[name].append(time.perf_counter() - t0)
         rate = {name: batch * args.new_tokens / statistics.median(ts) for name, ts in times.items()}
-        print(f"batch {batch:4d}: justrl_jax {rate['justrl_jax']:8,.0f} tokens/s "
-              f"(first call {first['justrl_jax']:.1f} s), transformers {rate['transformers']:8,.0f} tokens/s  "
-              f"ratio {rate['justrl_jax'] / rate['transformers']:.2f}", flush=True)
+        print(
+            f"batch {batch:4d}: justrl_jax {rate['justrl_jax']:8,.0f} tokens/s "
+            f"(first call {first['justrl_jax']:.1f} s), transformers {rate['transformers']:8,.0f} tokens/s  "
+            f"ratio {rate['justrl_jax'] / rate['transformers']:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -27,19 +27,25 @@ import numpy as np
 import torch
 import transformers
 
-from justrl_jax.hf_io import load_hf_model
 from justrl_jax.losses import LossConfig
+from justrl_jax.model.hf_io import load_hf_model
+from justrl_jax.model.qwen2 import positions_from_mask
 from justrl_jax.optim import OptimConfig
-from justrl_jax.qwen2 import positions_from_mask
 from justrl_jax.train_step import TrainBatch, TrainConfig, init_train_state, make_train_step
 
 
 def _hf_model(args) -> transformers.Qwen2ForCausalLM:
     torch.manual_seed(0)  # the same seed every time: identical weights for every variant
     cfg = transformers.Qwen2Config(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
     )
     return transformers.Qwen2ForCausalLM(cfg).float().train()
 
@@ -49,7 +55,7 @@ def _batch(args, rng):
     tokens = rng.integers(0, args.vocab, (n, s)).astype(np.int32)
     attn = np.ones((n, s), bool)
     loss_mask = np.zeros((n, s), np.float32)
-    loss_mask[:, args.prompt:] = 1.0
+    loss_mask[:, args.prompt :] = 1.0
     adv = rng.choice([-1.0, 1.0], n).astype(np.float32)
     old = rng.uniform(-11.0, -9.0, (n, s)).astype(np.float32)  # ~log(1/32000): ratios near 1
     return tokens, attn, loss_mask, adv, old
@@ -60,8 +66,13 @@ class TorchStep:
 
     def __init__(self, args, optim: OptimConfig, loss: LossConfig, batch, grpo: bool):
         self.model = _hf_model(args)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=(optim.b1, optim.b2),
-                                     eps=optim.eps, weight_decay=optim.weight_decay)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=optim.lr,
+            betas=(optim.b1, optim.b2),
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+        )
         tokens, attn, loss_mask, adv, old = batch
         self.tokens = torch.as_tensor(tokens, dtype=torch.long)
         self.attn = torch.as_tensor(attn).long()
@@ -81,8 +92,9 @@ class TorchStep:
             mask = self.loss_mask[:, 1:]
             loss = (token_loss * mask).sum() / mask.sum()
         else:
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                     self.tokens[:, 1:].reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), self.tokens[:, 1:].reshape(-1)
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
@@ -96,16 +108,28 @@ class JaxStep:
         with tempfile.TemporaryDirectory() as tmp:
             _hf_model(args).save_pretrained(tmp)
             model = load_hf_model(tmp)  # the very same weights, through the HF importer
-        cfg = TrainConfig(loss=loss, optim=optim, mini_batch_size=args.batch, micro_batch_size=args.batch,
-                          logp_chunk_size=args.chunk, remat=args.remat)
+        cfg = TrainConfig(
+            loss=loss,
+            optim=optim,
+            mini_batch_size=args.batch,
+            micro_batch_size=args.batch,
+            logp_chunk_size=args.chunk,
+            remat=args.remat,
+        )
         graphdef, self.state = init_train_state(model, optim)
         self.step = make_train_step(graphdef, cfg, None)
         tokens, attn, loss_mask, adv, old = (jnp.asarray(x) for x in batch)
         # completion_start: the prompt's logits are not computed (they are not in the loss); PyTorch,
         # like transformers and verl, computes the logits of every position.
-        self.batch = TrainBatch(tokens=tokens, positions=positions_from_mask(attn), attn_mask=attn,
-                                loss_mask=loss_mask, advantages=adv, old_logps=old,
-                                completion_start=0 if args.score_prompt else args.prompt)
+        self.batch = TrainBatch(
+            tokens=tokens,
+            positions=positions_from_mask(attn),
+            attn_mask=attn,
+            loss_mask=loss_mask,
+            advantages=adv,
+            old_logps=old,
+            completion_start=0 if args.score_prompt else args.prompt,
+        )
 
     def __call__(self) -> float:
         self.state, metrics = self.step(self.state, self.batch)
@@ -125,21 +149,28 @@ def main():
     ap.add_argument("--prompt", type=int, default=64, help="leading prompt tokens (not in the loss)")
     ap.add_argument("--chunk", type=int, default=128, help="justrl_jax logp_chunk_size")
     ap.add_argument("--remat", action="store_true", help="per-layer rematerialisation on the JAX side")
-    ap.add_argument("--score-prompt", action="store_true",
-                    help="JAX side: unembed every position, as PyTorch does (default: skip the prompt)")
+    ap.add_argument(
+        "--score-prompt",
+        action="store_true",
+        help="JAX side: unembed every position, as PyTorch does (default: skip the prompt)",
+    )
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args()
 
     batch = _batch(args, np.random.default_rng(0))
     optim, loss = OptimConfig(lr=1e-6, warmup_steps=0), LossConfig()
     tokens_per_step = args.batch * args.seq
-    print(f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
-          f"{args.batch} x {args.seq} tokens; vocab {args.vocab}, hidden {args.hidden}, "
-          f"{args.layers} layers, {args.heads}/{args.kv_heads} heads, mlp {args.mlp}; fp32")
+    print(
+        f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
+        f"{args.batch} x {args.seq} tokens; vocab {args.vocab}, hidden {args.hidden}, "
+        f"{args.layers} layers, {args.heads}/{args.kv_heads} heads, mlp {args.mlp}; fp32"
+    )
 
-    variants = {"justrl_jax GRPO": JaxStep(args, optim, loss, batch),
-                "pytorch GRPO": TorchStep(args, optim, loss, batch, grpo=True),
-                "pytorch plain CE": TorchStep(args, optim, loss, batch, grpo=False)}
+    variants = {
+        "justrl_jax GRPO": JaxStep(args, optim, loss, batch),
+        "pytorch GRPO": TorchStep(args, optim, loss, batch, grpo=True),
+        "pytorch plain CE": TorchStep(args, optim, loss, batch, grpo=False),
+    }
     for name, fn in variants.items():  # first call: compile (JAX) / warm-up; the losses must agree
         t0 = time.perf_counter()
         first = fn()
@@ -153,8 +184,10 @@ def main():
     med = {name: statistics.median(ts) for name, ts in times.items()}
     for name, t in med.items():
         print(f"{name:17s} {t:.3f} s/step (min {min(times[name]):.3f})  {tokens_per_step / t:8,.0f} tokens/s")
-    print(f"(justrl_jax: logp chunk {args.chunk}, remat {args.remat}, "
-          f"prompt logits {'computed' if args.score_prompt else 'skipped'})")
+    print(
+        f"(justrl_jax: logp chunk {args.chunk}, remat {args.remat}, "
+        f"prompt logits {'computed' if args.score_prompt else 'skipped'})"
+    )
     print(f"ratio {med['justrl_jax GRPO'] / med['pytorch GRPO']:.3f}  (justrl_jax / pytorch, same GRPO loss)")
 
 

@@ -37,41 +37,53 @@ def _answer(rng: random.Random) -> tuple[str, list[str], list[str]]:
             right.append(repr(p / q))
         return f"\\frac{{{p}}}{{{q}}}", right, [f"\\frac{{{p + 1}}}{{{q}}}", f"{p / q + 0.01:.4f}"]
     if kind == 2:
-        return (f"{k}\\sqrt{{{a}}}", [f"{k}\\sqrt{{{a}}}", f"\\sqrt{{{k * k * a}}}"],
-                [f"{k + 1}\\sqrt{{{a}}}", f"\\sqrt{{{k * a}}}"])
+        return (
+            f"{k}\\sqrt{{{a}}}",
+            [f"{k}\\sqrt{{{a}}}", f"\\sqrt{{{k * k * a}}}"],
+            [f"{k + 1}\\sqrt{{{a}}}", f"\\sqrt{{{k * a}}}"],
+        )
     if kind == 3:
-        return (f"({a}, {b})", [f"({a},{b})", f"\\left({a}, {b}\\right)"],
-                [f"({b}, {a + 1})", f"({a}, {b + 1})"])
+        return (f"({a}, {b})", [f"({a},{b})", f"\\left({a}, {b}\\right)"], [f"({b}, {a + 1})", f"({a}, {b + 1})"])
     if kind == 4:
         lo, hi = sorted((a, b + 1000))
-        return (f"[{lo}, {hi})", [f"[{lo},{hi})", f"\\left[{lo}, {hi}\\right)"],
-                [f"[{lo},{hi}]", f"({lo}, {hi})"])
+        return (f"[{lo}, {hi})", [f"[{lo},{hi})", f"\\left[{lo}, {hi}\\right)"], [f"[{lo},{hi}]", f"({lo}, {hi})"])
     if kind == 5:
-        return (f"x^2+{2 * a}x+{a * a}", [f"(x+{a})^2", f"x^2 + {2 * a}x + {a * a}"],
-                [f"(x-{a})^2", f"x^2+{a * a}"])
+        return (f"x^2+{2 * a}x+{a * a}", [f"(x+{a})^2", f"x^2 + {2 * a}x + {a * a}"], [f"(x-{a})^2", f"x^2+{a * a}"])
     if kind == 6:
-        return (f"\\frac{{{k}\\pi}}{{{a}}}", [f"\\dfrac{{{k}\\pi}}{{{a}}}", f"{k}\\pi/{a}"],
-                [f"\\frac{{\\pi}}{{{a}}}", f"\\frac{{{k}\\pi}}{{{a + 1}}}"])
+        return (
+            f"\\frac{{{k}\\pi}}{{{a}}}",
+            [f"\\dfrac{{{k}\\pi}}{{{a}}}", f"{k}\\pi/{a}"],
+            [f"\\frac{{\\pi}}{{{a}}}", f"\\frac{{{k}\\pi}}{{{a + 1}}}"],
+        )
     if kind == 7:
         return f"{a}, {b + 1000}", [f"{b + 1000}, {a}", f"x = {a}, x = {b + 1000}"], [f"{a}, {b}", str(a)]
     if kind == 8:
         return f"{a}\\%", [f"{a}\\%", str(a), f"{a} \\%", f"{a / 100}"], [f"{a + 1}\\%", f"{(a + 1) / 100}"]
-    return (f"-\\frac{{{a}}}{{{b + 1000}}}", [f"\\frac{{-{a}}}{{{b + 1000}}}", f"-{a}/{b + 1000}"],
-            [f"\\frac{{{a}}}{{{b + 1000}}}", f"-\\frac{{{b + 1000}}}{{{a}}}"])
+    return (
+        f"-\\frac{{{a}}}{{{b + 1000}}}",
+        [f"\\frac{{-{a}}}{{{b + 1000}}}", f"-{a}/{b + 1000}"],
+        [f"\\frac{{{a}}}{{{b + 1000}}}", f"-\\frac{{{b + 1000}}}{{{a}}}"],
+    )
 
 
-_WORDS = ("we consider the expression and simplify each term carefully so that the result follows from "
-          "the previous step where substituting the value gives a consistent equation which we now solve "
-          "for the unknown while checking the boundary cases and the sign of every factor").split()
+_WORDS = (
+    "we consider the expression and simplify each term carefully so that the result follows from "
+    "the previous step where substituting the value gives a consistent equation which we now solve "
+    "for the unknown while checking the boundary cases and the sign of every factor"
+).split()
 
 
 def _paragraph(rng: random.Random) -> str:
     words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(25, 60)))
     a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 9)
-    math = rng.choice([f"$\\frac{{{a}}}{{{b}}} + {c} = \\frac{{{a + b * c}}}{{{b}}}$",
-                       f"\\[ x^{{{c}}} - {a}x + {b} = 0 \\]",
-                       f"$\\sqrt{{{a * a}}} = {a}$",
-                       f"$({a} + {b})^2 = {(a + b) ** 2}$"])
+    math = rng.choice(
+        [
+            f"$\\frac{{{a}}}{{{b}}} + {c} = \\frac{{{a + b * c}}}{{{b}}}$",
+            f"\\[ x^{{{c}}} - {a}x + {b} = 0 \\]",
+            f"$\\sqrt{{{a * a}}} = {a}$",
+            f"$({a} + {b})^2 = {(a + b) ** 2}$",
+        ]
+    )
     return f"{words.capitalize()} {math}. "
 
 
@@ -89,9 +101,13 @@ def make_responses(n: int, seed: int) -> tuple[list[str], list[str], list[bool]]
         else:
             correct = kind < 0.55
             answer = rng.choice(right if correct else wrong)
-            ending = rng.choice([f"Therefore, the final answer is $\\boxed{{{answer}}}$.",
-                                 f"**Final Answer**\n\\[\\boxed{{{answer}}}\\]",
-                                 f"So the answer is \\boxed{{{answer}}}."])
+            ending = rng.choice(
+                [
+                    f"Therefore, the final answer is $\\boxed{{{answer}}}$.",
+                    f"**Final Answer**\n\\[\\boxed{{{answer}}}\\]",
+                    f"So the answer is \\boxed{{{answer}}}.",
+                ]
+            )
             responses.append("<think>" + body + "</think>\n" + _paragraph(rng) + ending)
             truths.append(correct)
         golds.append(gold)
@@ -157,9 +173,11 @@ def main() -> None:
 
     responses, golds, truths = make_responses(args.n, args.seed)
     sizes = [len(r) for r in responses]
-    print(f"robust: {args.n} responses, {statistics.mean(sizes) / 1024:.1f} KB mean "
-          f"({min(sizes) / 1024:.1f}-{max(sizes) / 1024:.1f} KB), {sum(truths)} truly correct, "
-          f"{args.workers} workers")
+    print(
+        f"robust: {args.n} responses, {statistics.mean(sizes) / 1024:.1f} KB mean "
+        f"({min(sizes) / 1024:.1f}-{max(sizes) / 1024:.1f} KB), {sum(truths)} truly correct, "
+        f"{args.workers} workers"
+    )
     results = {
         "justrl_jax robust, no cache": bench_robust(responses, golds, args.workers, cache=False),
         "justrl_jax robust, cache": bench_robust(responses, golds, args.workers, cache=True),
@@ -169,9 +187,11 @@ def main() -> None:
         accuracy = sum(v == t for v, t in zip(verdicts, truths, strict=True)) / len(truths)
         false_pos = sum(v and not t for v, t in zip(verdicts, truths, strict=True))
         false_neg = sum(t and not v for v, t in zip(verdicts, truths, strict=True))
-        print(f"  {name:28s} {elapsed:7.2f} s  {args.n / elapsed:8.1f} responses/s  "
-              f"{1000 * elapsed * args.workers / args.n:6.2f} ms/response/worker  accuracy {accuracy:.4f} "
-              f"(false +{false_pos} / -{false_neg})")
+        print(
+            f"  {name:28s} {elapsed:7.2f} s  {args.n / elapsed:8.1f} responses/s  "
+            f"{1000 * elapsed * args.workers / args.n:6.2f} ms/response/worker  accuracy {accuracy:.4f} "
+            f"(false +{false_pos} / -{false_neg})"
+        )
     ours = results["justrl_jax robust, no cache"][0]
     theirs = results["math-verify"][0]
     print(f"robust (no cache) is {theirs / ours:.1f}x faster than math-verify, {args.workers} workers each")

@@ -9,9 +9,20 @@ import torch
 import transformers
 
 
-def make_hf_qwen2(out_dir, *, vocab=97, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96,
-                  rope_theta=10000.0, tie=False, config_style="v5",
-                  seed=0) -> tuple[Path, transformers.Qwen2ForCausalLM]:
+def make_hf_qwen2(
+    out_dir,
+    *,
+    vocab=97,
+    hidden=64,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    intermediate=96,
+    rope_theta=10000.0,
+    tie=False,
+    config_style="v5",
+    seed=0,
+) -> tuple[Path, transformers.Qwen2ForCausalLM]:
     """Saves a random Qwen2ForCausalLM (fp32) to ``out_dir``.
 
     ``config_style="hub"`` rewrites config.json the way the real DeepSeek/Qwen configs are written
@@ -19,9 +30,16 @@ def make_hf_qwen2(out_dir, *, vocab=97, hidden=64, layers=2, heads=4, kv_heads=2
     """
     torch.manual_seed(seed)
     cfg = transformers.Qwen2Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, rope_theta=rope_theta,
-        tie_word_embeddings=tie, max_position_embeddings=512, rms_norm_eps=1e-6,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        rope_theta=rope_theta,
+        tie_word_embeddings=tie,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
     )
     model = transformers.Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():  # random biases and norms, so a layout mistake cannot hide behind zeros/ones

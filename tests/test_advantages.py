@@ -9,23 +9,54 @@ from justrl_jax.advantages import group_advantages
 def _reference(rewards, g, eps=1e-6):
     out = np.zeros(len(rewards))
     for start in range(0, len(rewards), g):
-        r = np.asarray(rewards[start:start + g], np.float64)
+        r = np.asarray(rewards[start : start + g], np.float64)
         if g == 1:
             mean, std = 0.0, 1.0
         else:
             mean = r.sum() / g
             std = np.sqrt(((r - mean) ** 2).sum() / (g - 1))  # unbiased, like torch.std
-        out[start:start + g] = (r - mean) / (std + eps)
+        out[start : start + g] = (r - mean) / (std + eps)
     return out
 
 
 def test_matches_formula_with_constant_groups():
-    rewards = np.array([
-        1, -1, -1, -1, 1, -1, -1, -1,   # 2 of 8 correct
-        1, 1, 1, 1, 1, 1, 1, 1,         # all correct: advantage 0
-        -1, -1, -1, -1, -1, -1, -1, -1,  # all wrong: advantage 0
-        0.3, -2.0, 0.5, 1.0, -1.0, 0.0, 0.25, 0.7,  # real-valued (overlong-penalty style)
-    ], np.float32)
+    rewards = np.array(
+        [
+            1,
+            -1,
+            -1,
+            -1,
+            1,
+            -1,
+            -1,
+            -1,  # 2 of 8 correct
+            1,
+            1,
+            1,
+            1,
+            1,
+            1,
+            1,
+            1,  # all correct: advantage 0
+            -1,
+            -1,
+            -1,
+            -1,
+            -1,
+            -1,
+            -1,
+            -1,  # all wrong: advantage 0
+            0.3,
+            -2.0,
+            0.5,
+            1.0,
+            -1.0,
+            0.0,
+            0.25,
+            0.7,  # real-valued (overlong-penalty style)
+        ],
+        np.float32,
+    )
     got = np.asarray(group_advantages(rewards, 8))
     np.testing.assert_allclose(got, _reference(rewards, 8), rtol=1e-6, atol=1e-6)
     assert np.all(got[8:24] == 0.0)
@@ -44,11 +75,14 @@ def test_singleton_groups_follow_verl():
     np.testing.assert_allclose(np.asarray(group_advantages(rewards, 1)), _reference(rewards, 1), rtol=1e-7)
 
 
-@pytest.mark.parametrize("rewards,g,match", [
-    (np.zeros(6), 4, "multiple of group_size"),
-    (np.zeros((2, 4)), 4, "1-D"),
-    (np.zeros(4), 0, "group_size"),
-])
+@pytest.mark.parametrize(
+    "rewards,g,match",
+    [
+        (np.zeros(6), 4, "multiple of group_size"),
+        (np.zeros((2, 4)), 4, "1-D"),
+        (np.zeros(4), 0, "group_size"),
+    ],
+)
 def test_bad_input(rewards, g, match):
     with pytest.raises(ValueError, match=match):
         group_advantages(rewards, g)

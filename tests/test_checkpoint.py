@@ -18,10 +18,10 @@ from justrl_jax.checkpoint import (
     dict_changes,
     restore_step_dir,
 )
-from justrl_jax.model_source import find_checkpoint
+from justrl_jax.model.construct import create_model
+from justrl_jax.model.qwen2 import Qwen2Config
+from justrl_jax.model.source import find_checkpoint
 from justrl_jax.optim import OptimConfig
-from justrl_jax.params import create_model
-from justrl_jax.qwen2 import Qwen2Config
 from justrl_jax.sharding import make_mesh
 from justrl_jax.train_step import init_train_state
 
@@ -29,9 +29,12 @@ SYNC = CheckpointConfig(async_save=False, keep=2)
 
 
 def _save(ckpt, step, w, moment=0.0):
-    return ckpt.save(step, {"w": jnp.asarray(w, jnp.float32)},
-                     {"opt_state": {"mu": jnp.full(3, moment, jnp.float32)}, "step": jnp.int32(step)},
-                     {"step": step})
+    return ckpt.save(
+        step,
+        {"w": jnp.asarray(w, jnp.float32)},
+        {"opt_state": {"mu": jnp.full(3, moment, jnp.float32)}, "step": jnp.int32(step)},
+        {"step": step},
+    )
 
 
 def test_config_is_validated():
@@ -63,8 +66,10 @@ def test_retention_keeps_the_newest_good_checkpoints(tmp_path):
             assert not _save(ckpt, step, [np.inf] * 3)
         assert ckpt.all_steps() == [2, 3]
         target = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
-        other = {"opt_state": {"mu": jax.ShapeDtypeStruct((3,), jnp.float32)},
-                 "step": jax.ShapeDtypeStruct((), jnp.int32)}
+        other = {
+            "opt_state": {"mu": jax.ShapeDtypeStruct((3,), jnp.float32)},
+            "step": jax.ShapeDtypeStruct((), jnp.int32),
+        }
         restored = ckpt.restore(3, target, other)
         assert np.array_equal(restored.params["w"], [3.0] * 3) and restored.meta == {"step": 3}
         with pytest.raises(FileNotFoundError, match="no complete checkpoint at step 1; available: \\[2, 3\\]"):
@@ -93,26 +98,40 @@ def test_a_partial_save_is_invisible_and_cleaned_up(tmp_path):
 
 
 def _tiny_state(mesh, seed):
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4,
-                         num_kv_heads=2, head_dim=16, max_position_embeddings=64)
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+    )
     _, state = init_train_state(create_model(config, mesh, seed=seed), OptimConfig(), mesh)
     return state
 
 
 def test_a_state_saved_on_4x4_restores_onto_2x8_and_one_device(tmp_path):
     state = _tiny_state(make_mesh("4x4"), seed=0)
+
     # Moments that are not zeros, so a misplaced shard cannot hide.
     def perturb(tree):
         keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(tree))))
-        return jax.tree.map(lambda x: x + jax.random.normal(next(keys), x.shape, x.dtype)
-                            if jnp.issubdtype(x.dtype, jnp.floating) else x + 7, tree)
+        return jax.tree.map(
+            lambda x: (
+                x + jax.random.normal(next(keys), x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x + 7
+            ),
+            tree,
+        )
 
     opt_state = jax.jit(perturb, out_shardings=jax.tree.map(lambda x: x.sharding, state.opt_state))(state.opt_state)
     params = nnx.to_pure_dict(state.params)
     other = {"opt_state": opt_state, "step": state.step + 5}
     for tree in (params, opt_state):  # really saved from shards of a 16-device mesh
-        assert any(len(x.sharding.device_set) == 16 and not x.sharding.is_fully_replicated
-                   for x in jax.tree.leaves(tree))
+        assert any(
+            len(x.sharding.device_set) == 16 and not x.sharding.is_fully_replicated for x in jax.tree.leaves(tree)
+        )
     expected = jax.tree.map(np.asarray, (params, other))
     with Checkpointer(tmp_path, SYNC) as ckpt:
         assert ckpt.save(5, params, other, {"step": 5})
@@ -124,8 +143,9 @@ def test_a_state_saved_on_4x4_restores_onto_2x8_and_one_device(tmp_path):
             got = (restored.params, restored.opt_state)
             same = jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), expected, got)
             assert all(jax.tree.leaves(same)), target_mesh
-            placed = jax.tree.map(lambda t, x: x.sharding.is_equivalent_to(t.sharding, x.ndim),
-                                  (target_params, target_other), got)
+            placed = jax.tree.map(
+                lambda t, x: x.sharding.is_equivalent_to(t.sharding, x.ndim), (target_params, target_other), got
+            )
             assert all(jax.tree.leaves(placed)), target_mesh
 
 

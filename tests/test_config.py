@@ -5,7 +5,7 @@ import enum
 
 import pytest
 
-from justrl_jax.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from justrl_jax.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
 
 
 class Color(enum.Enum):
@@ -44,14 +44,17 @@ def test_round_trip_and_overrides(tmp_path):
     assert to_dict(cfg)["inner"]["color"] == "blue"
 
 
-@pytest.mark.parametrize("data, match", [
-    ({"inner": {"rte": 1.0}}, "unknown config key 'inner.rte'"),
-    ({"inner": {"steps": "ten"}}, "inner.steps must be an integer"),
-    ({"inner": {"color": "green"}}, r"inner.color must be one of \['red', 'blue'\]"),
-    ({"flag": "yes"}, "flag must be true or false"),
-    ({"inner": {"rate": -1.0}}, "inner.rate must be > 0"),
-    ({"inner": 3}, "inner must be a section"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"inner": {"rte": 1.0}}, "unknown config key 'inner.rte'"),
+        ({"inner": {"steps": "ten"}}, "inner.steps must be an integer"),
+        ({"inner": {"color": "green"}}, r"inner.color must be one of \['red', 'blue'\]"),
+        ({"flag": "yes"}, "flag must be true or false"),
+        ({"inner": {"rate": -1.0}}, "inner.rate must be > 0"),
+        ({"inner": 3}, "inner must be a section"),
+    ],
+)
 def test_bad_values_name_the_key(data, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(Outer, data)

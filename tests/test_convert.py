@@ -17,11 +17,11 @@ from hf_reference import hf_logits
 from justrl_jax import convert as convert_cli
 from justrl_jax import generate as generate_cli
 from justrl_jax.checkpoint import complete_steps
-from justrl_jax.model_source import load_policy
-from justrl_jax.qwen2 import positions_from_mask
+from justrl_jax.model.qwen2 import positions_from_mask
+from justrl_jax.model.safetensors_io import read_safetensors
+from justrl_jax.model.source import load_policy
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
-from justrl_jax.safetensors_io import read_safetensors
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,10 @@ def run_dir(tmp_path_factory):
 
 
 def _flat_params(policy):
-    return {"/".join(map(str, k)): np.asarray(v.get_value())
-            for k, v in nnx.to_flat_state(nnx.state(policy.model, nnx.Param))}
+    return {
+        "/".join(map(str, k)): np.asarray(v.get_value())
+        for k, v in nnx.to_flat_state(nnx.state(policy.model, nnx.Param))
+    }
 
 
 def _jax_logits(policy, tokens, mask):
@@ -57,8 +59,13 @@ def test_transformers_computes_the_checkpoints_logits(tmp_path, run_dir, dtype, 
     out = tmp_path / "hf"
     assert convert_cli.main([str(run_dir), "--out", str(out), "--dtype", dtype]) == 0
     assert f"from {run_dir / 'checkpoints' / '2'}" in capsys.readouterr().out
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "model.safetensors"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert {str(v.dtype) for v in read_safetensors(out / "model.safetensors").values()} == {dtype}
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -102,11 +109,20 @@ def test_a_run_is_a_model_wherever_a_model_is_named(tmp_path, run_dir):
     assert (newest.step, first.step) == (2, 1)
     assert newest.tokenizer_dir == moved / "hf_assets"
     base = load_policy(run_dir / "demo_assets" / "base_model")
-    assert not all(np.array_equal(base_w, w) for base_w, w in zip(_flat_params(base).values(),
-                                                                  _flat_params(newest).values(), strict=True))
+    assert not all(
+        np.array_equal(base_w, w)
+        for base_w, w in zip(_flat_params(base).values(), _flat_params(newest).values(), strict=True)
+    )
 
-    cfg = load_run_config(None, ["demo.enabled=false", f"model.path={moved}", "loop.total_steps=1",
-                                 f"data.path={run_dir / 'demo_assets' / 'train.jsonl'}"])
+    cfg = load_run_config(
+        None,
+        [
+            "demo.enabled=false",
+            f"model.path={moved}",
+            "loop.total_steps=1",
+            f"data.path={run_dir / 'demo_assets' / 'train.jsonl'}",
+        ],
+    )
     runner = RLRunner(cfg, tmp_path / "next_run", mesh_spec="1x1", devices=jax.devices()[:1])
     assert runner.start_step == 0 and runner.policy.step == 2
     started = {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(runner.state.params)}
@@ -119,14 +135,33 @@ def test_a_run_is_a_model_wherever_a_model_is_named(tmp_path, run_dir):
     hf_dir = convert_cli.convert(moved, tmp_path / "hf", dtype="float32")
     prompts, output = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
     prompts.write_text(json.dumps({"prompt": "Compute 2 + 3."}) + "\n")
-    assert generate_cli.main(["--model", str(moved), "--prompts", str(prompts), "--output", str(output),
-                              "--greedy", "--max-new-tokens", "6"]) == 0
+    assert (
+        generate_cli.main(
+            [
+                "--model",
+                str(moved),
+                "--prompts",
+                str(prompts),
+                "--output",
+                str(output),
+                "--greedy",
+                "--max-new-tokens",
+                "6",
+            ]
+        )
+        == 0
+    )
     row = json.loads(output.read_text())
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
     ids = row["prompt_token_ids"]
     with torch.no_grad():
-        expected_ids = hf.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones_like(torch.tensor([ids])),
-                                   do_sample=False, max_new_tokens=6, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=list(newest.eos_ids))[0, len(ids):].tolist()
+        expected_ids = hf.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones_like(torch.tensor([ids])),
+            do_sample=False,
+            max_new_tokens=6,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=list(newest.eos_ids),
+        )[0, len(ids) :].tolist()
     assert row["samples"][0]["completion_ids"] == expected_ids

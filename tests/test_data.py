@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from justrl_jax.config import ConfigError, from_dict
+from justrl_jax.config_io import ConfigError, from_dict
 from justrl_jax.data import DataConfig, PromptStream, collate, eval_batches, padded_length
+from justrl_jax.model.tiny_tokenizer import ChatStyle, make_tiny_tokenizer
 from justrl_jax.prompts import (
     FileFormat,
     MalformedRowError,
@@ -23,11 +24,12 @@ from justrl_jax.prompts import (
     load_examples,
     read_examples,
 )
-from justrl_jax.tiny import ChatStyle, make_tiny_tokenizer
 
-DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be "
-               "of the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
-DAPO_SUFFIX = "\n\nRemember to put your answer on its own line after \"Answer:\"."
+DAPO_PREFIX = (
+    "Solve the following math problem step by step. The last line of your response should be "
+    "of the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+)
+DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
 TRAIN_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 EVAL_SUFFIX = " Please reason step by step, and put your final answer within \\boxed{}."
 BOS = "<｜begin▁of▁sentence｜>"
@@ -46,9 +48,13 @@ def problems(n: int) -> list[str]:
 
 def verl_row(problem: str, gold, index: int, wrap_dapo: bool = True) -> dict:
     content = DAPO_PREFIX + problem + DAPO_SUFFIX if wrap_dapo else problem
-    return {"data_source": "math_dapo", "prompt": [{"content": content, "role": "user"}], "ability": "MATH",
-            "reward_model": {"ground_truth": gold, "style": "rule-lighteval/MATH_v2"},
-            "extra_info": {"index": str(index)}}
+    return {
+        "data_source": "math_dapo",
+        "prompt": [{"content": content, "role": "user"}],
+        "ability": "MATH",
+        "reward_model": {"ground_truth": gold, "style": "rule-lighteval/MATH_v2"},
+        "extra_info": {"index": str(index)},
+    }
 
 
 def write_parquet(path, rows):
@@ -103,12 +109,17 @@ def test_dapo_strip_is_exact(tmp_path):
 
 
 def test_plain_schema_jsonl_json_and_parquet(tmp_path):
-    rows = [{"problem_idx": 7, "problem": "Find $n$.", "answer": 204, "problem_type": ["Algebra"]},
-            {"problem_idx": 8, "problem": "Find $m$.", "answer": "\\boxed{\\frac{1}{2}}", "problem_type": []}]
+    rows = [
+        {"problem_idx": 7, "problem": "Find $n$.", "answer": 204, "problem_type": ["Algebra"]},
+        {"problem_idx": 8, "problem": "Find $m$.", "answer": "\\boxed{\\frac{1}{2}}", "problem_type": []},
+    ]
     expected = [("Find $n$.", "204", "7"), ("Find $m$.", "\\boxed{\\frac{1}{2}}", "8")]
     (tmp_path / "list.json").write_text(json.dumps(rows))
-    paths = [write_jsonl(tmp_path / "a.jsonl", rows), write_jsonl(tmp_path / "lines.json", rows),
-             tmp_path / "list.json"]
+    paths = [
+        write_jsonl(tmp_path / "a.jsonl", rows),
+        write_jsonl(tmp_path / "lines.json", rows),
+        tmp_path / "list.json",
+    ]
     string_answers = [{**r, "answer": str(r["answer"])} for r in rows]
     pq.write_table(pa.Table.from_pylist(string_answers), tmp_path / "b.parquet")
     paths.append(tmp_path / "b.parquet")
@@ -190,7 +201,10 @@ def test_overlong_prompts_are_dropped_and_counted(dapo_file, ds_tok):
     assert 0 < len(expect_kept) < 23
     stream = PromptStream(DataConfig(path=str(dapo_file), max_prompt_tokens=limit, shuffle=False), ds_tok)
     assert (stream.stats.kept, stream.stats.overlong_dropped, stream.stats.rows) == (
-        len(expect_kept), 23 - len(expect_kept), 23)
+        len(expect_kept),
+        23 - len(expect_kept),
+        23,
+    )
     assert stream.stats.max_prompt_tokens_seen == max(lengths[i] for i in expect_kept)
     assert [e.row for e in stream.examples] == expect_kept
     batch = stream.next_batch(len(expect_kept))
@@ -209,7 +223,7 @@ def test_shuffle_is_seeded_and_each_epoch_is_a_permutation(dapo_file, ds_tok):
 
     a, b, c = order(1), order(1), order(2)
     assert a == b and a != c
-    epochs = [a[k * 23:(k + 1) * 23] for k in range(3)]
+    epochs = [a[k * 23 : (k + 1) * 23] for k in range(3)]
     for epoch in epochs + [c[:23]]:
         assert sorted(epoch) == list(range(23))
     assert epochs[0] != epochs[1] != epochs[2]  # reshuffled every epoch
@@ -281,13 +295,17 @@ def test_duplicated_rows_stay_separate_examples(tmp_path, ds_tok):
 
 def test_left_padding_and_buckets(ds_tok):
     examples = [PromptExample(problem="x" * n, gold=str(n)) for n in (1, 40, 90)]
-    token_ids = [ds_tok(templated(ChatStyle.DEEPSEEK, e.problem), add_special_tokens=False)["input_ids"]
-                 for e in examples]
+    token_ids = [
+        ds_tok(templated(ChatStyle.DEEPSEEK, e.problem), add_special_tokens=False)["input_ids"] for e in examples
+    ]
     longest = max(map(len, token_ids))
-    for bucket, cap, width in [(64, None, -(-longest // 64) * 64), (16, None, -(-longest // 16) * 16),
-                               (64, longest + 1, longest + 1), (1, None, longest)]:
-        batch = collate(examples, token_ids, pad_id=ds_tok.pad_token_id, bucket_multiple=bucket,
-                        max_prompt_tokens=cap)
+    for bucket, cap, width in [
+        (64, None, -(-longest // 64) * 64),
+        (16, None, -(-longest // 16) * 16),
+        (64, longest + 1, longest + 1),
+        (1, None, longest),
+    ]:
+        batch = collate(examples, token_ids, pad_id=ds_tok.pad_token_id, bucket_multiple=bucket, max_prompt_tokens=cap)
         assert batch.prompt_ids.shape == (3, width) and batch.prompt_ids.dtype == np.int32
         assert batch.prompt_mask.dtype == np.bool_
         for row, tokens in enumerate(token_ids):
@@ -302,8 +320,7 @@ def test_left_padding_and_buckets(ds_tok):
 
 def test_stream_batches_use_few_widths(tmp_path, ds_tok):
     rows = [{"problem": "y" * (5 + 17 * i), "answer": "1"} for i in range(12)]
-    config = DataConfig(path=str(write_jsonl(tmp_path / "w.jsonl", rows)), bucket_multiple=32,
-                        max_prompt_tokens=300)
+    config = DataConfig(path=str(write_jsonl(tmp_path / "w.jsonl", rows)), bucket_multiple=32, max_prompt_tokens=300)
     stream = PromptStream(config, ds_tok)
     widths = {stream.next_batch(3).prompt_ids.shape[1] for _ in range(20)}
     assert all(w % 32 == 0 or w == 300 for w in widths)
@@ -323,15 +340,22 @@ def test_eval_batches_keep_file_order_and_eval_format(tmp_path, ds_tok):
 
 
 def test_config_validation_names_the_field():
-    bad = [({"max_prompt_tokens": 0}, "max_prompt_tokens"), ({"bucket_multiple": 0}, "bucket_multiple"),
-           ({"shuffle_seed": -1}, "shuffle_seed"), ({"num_epochs": 0}, "num_epochs"),
-           ({"prompt_format": "train"}, "prompt_format"), ({"shuffle": 1}, "shuffle"),
-           ({"file_format": "csv"}, "file_format"), ({"path": 3}, "path")]
+    bad = [
+        ({"max_prompt_tokens": 0}, "max_prompt_tokens"),
+        ({"bucket_multiple": 0}, "bucket_multiple"),
+        ({"shuffle_seed": -1}, "shuffle_seed"),
+        ({"num_epochs": 0}, "num_epochs"),
+        ({"prompt_format": "train"}, "prompt_format"),
+        ({"shuffle": 1}, "shuffle"),
+        ({"file_format": "csv"}, "file_format"),
+        ({"path": 3}, "path"),
+    ]
     for kwargs, field in bad:
         with pytest.raises(ValueError, match=f"data.{field}"):
             DataConfig(**kwargs)
-    config = from_dict(DataConfig, {"path": "x.jsonl", "prompt_format": "eval", "num_epochs": None,
-                                    "file_format": "parquet"})
+    config = from_dict(
+        DataConfig, {"path": "x.jsonl", "prompt_format": "eval", "num_epochs": None, "file_format": "parquet"}
+    )
     assert (config.prompt_format, config.file_format) == (PromptFormat.EVAL, FileFormat.PARQUET)
     with pytest.raises(ConfigError, match="prompt_format"):
         from_dict(DataConfig, {"prompt_format": "chat"})

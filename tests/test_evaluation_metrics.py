@@ -71,8 +71,16 @@ def test_default_ks():
 
 def test_registry_matches_the_recipe():
     assert [(s.column) for s in BENCHMARKS] == [
-        "AIME24@32", "AIME25@32", "AMC23@32", "MATH-500@4", "Minerva@4", "OlympiadBench@4",
-        "HMMT25@32", "BRUMO25@32", "CMIMC25@32"]
+        "AIME24@32",
+        "AIME25@32",
+        "AMC23@32",
+        "MATH-500@4",
+        "Minerva@4",
+        "OlympiadBench@4",
+        "HMMT25@32",
+        "BRUMO25@32",
+        "CMIMC25@32",
+    ]
     assert get_benchmark("MATH-500").name == "math500"
     assert get_benchmark("Olympiad-Bench").name == "olympiadbench"
     assert parse_benchmarks("AIME24, amc23") == ("aime24", "amc23")
@@ -101,19 +109,39 @@ def test_find_benchmark_file_layouts(tmp_path):
 
 
 def _record(i, j, correct, *, bench="aime24", length=5, finish="stop"):
-    return SampleRecord(benchmark=bench, problem_index=i, sample_index=j, seed=7, response=f"r{i}.{j}",
-                        prediction="1", verdict="ok", correct=correct, reward=1.0 if correct else 0.0,
-                        length=length, finish_reason=finish, gold="1")
+    return SampleRecord(
+        benchmark=bench,
+        problem_index=i,
+        sample_index=j,
+        seed=7,
+        response=f"r{i}.{j}",
+        prediction="1",
+        verdict="ok",
+        correct=correct,
+        reward=1.0 if correct else 0.0,
+        length=length,
+        finish_reason=finish,
+        gold="1",
+    )
 
 
 def test_score_table_and_summary(tmp_path):
     aime = BenchmarkSpec("aime24", "AIME24", 4)
     math = BenchmarkSpec("math500", "MATH-500", 2)
     # AIME24: problem 0 has 1/4 correct, problem 1 has 3/4 -> avg@4 = 0.5; pass@2 = mean(1/2, 1) = 0.75
-    flags = {(0, 0): True, (0, 1): False, (0, 2): False, (0, 3): False,
-             (1, 0): True, (1, 1): True, (1, 2): False, (1, 3): True}
-    aime_records = [_record(i, j, ok, length=10 if ok else 20, finish="stop" if ok else "length")
-                    for (i, j), ok in flags.items()]
+    flags = {
+        (0, 0): True,
+        (0, 1): False,
+        (0, 2): False,
+        (0, 3): False,
+        (1, 0): True,
+        (1, 1): True,
+        (1, 2): False,
+        (1, 3): True,
+    }
+    aime_records = [
+        _record(i, j, ok, length=10 if ok else 20, finish="stop" if ok else "length") for (i, j), ok in flags.items()
+    ]
     # MATH-500: 3 problems x 2 samples, 1 correct of 6 -> avg@2 = 1/6
     math_records = [_record(i, j, (i, j) == (2, 1), bench="math500") for i in range(3) for j in range(2)]
     s_aime = score_benchmark(aime, aime_records, n_problems=2)
@@ -165,7 +193,7 @@ def test_store_resumes_after_a_cut_line_and_checks_meta(tmp_path):
 
 
 def test_eval_config_defaults_are_the_recipe_and_bad_values_are_named():
-    from justrl_jax.evaluation.config import EvalConfig
+    from justrl_jax.evaluation.eval_config import EvalConfig
     from justrl_jax.prompts import PromptFormat, format_prompt
     from justrl_jax.verifier import VerifierMode
 
@@ -173,16 +201,31 @@ def test_eval_config_defaults_are_the_recipe_and_bad_values_are_named():
     assert (cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k) == (31744, 0.7, 0.9, -1)
     assert cfg.verifier.mode is VerifierMode.ROBUST
     assert format_prompt("1+1?", cfg.prompt_format) == (
-        "1+1? Please reason step by step, and put your final answer within \\boxed{}.")
+        "1+1? Please reason step by step, and put your final answer within \\boxed{}."
+    )
     assert {s.name: s.n_samples for s in cfg.specs()} == {
-        "aime24": 32, "aime25": 32, "amc23": 32, "math500": 4, "minerva": 4, "olympiadbench": 4,
-        "hmmt25": 32, "brumo25": 32, "cmimc25": 32}
+        "aime24": 32,
+        "aime25": 32,
+        "amc23": 32,
+        "math500": 4,
+        "minerva": 4,
+        "olympiadbench": 4,
+        "hmmt25": 32,
+        "brumo25": 32,
+        "cmimc25": 32,
+    }
     picked = EvalConfig(benchmarks=("CMIMC25", "aime24"), n_samples=8, prompt_format=PromptFormat.TRAIN)
     assert [s.column for s in picked.specs()] == ["AIME24@8", "CMIMC25@8"]  # the paper's column order
-    bad = (({"n_samples": 0}, "eval.n_samples"), ({"max_new_tokens": 0}, "eval.max_new_tokens"),
-           ({"temperature": 0.0}, "eval.temperature"), ({"top_p": 1.5}, "eval.top_p"),
-           ({"benchmarks": ("aime24", "gsm8k")}, "eval.benchmarks"), ({"seed": -1}, "eval.seed"),
-           ({"batch_size": 0}, "eval.batch_size"), ({"top_k": 0}, "eval.top_k"))
+    bad = (
+        ({"n_samples": 0}, "eval.n_samples"),
+        ({"max_new_tokens": 0}, "eval.max_new_tokens"),
+        ({"temperature": 0.0}, "eval.temperature"),
+        ({"top_p": 1.5}, "eval.top_p"),
+        ({"benchmarks": ("aime24", "gsm8k")}, "eval.benchmarks"),
+        ({"seed": -1}, "eval.seed"),
+        ({"batch_size": 0}, "eval.batch_size"),
+        ({"top_k": 0}, "eval.top_k"),
+    )
     for kwargs, field in bad:
         with pytest.raises(ValueError, match=field):
             EvalConfig(**kwargs)

@@ -21,13 +21,27 @@ from transformers import AutoTokenizer
 from justrl_jax.evaluate import main as evaluate_main
 from justrl_jax.evaluation.passk import avg_at_n, mean_pass_at_k
 from justrl_jax.evaluation.runner import Validator, validation_eval_config
-from justrl_jax.model_source import load_policy
-from justrl_jax.tiny import ChatStyle, save_tiny_tokenizer
+from justrl_jax.model.source import load_policy
+from justrl_jax.model.tiny_tokenizer import ChatStyle, save_tiny_tokenizer
 from tests.hf_reference import make_hf_qwen2
 
 MAX_NEW = 6
-COMMON = ["--benchmarks", "aime24,hmmt25", "--n-samples", "4", "--max-new-tokens", str(MAX_NEW),
-          "--batch-size", "4", "--dtype", "float32", "--verifier-workers", "1", "--seed", "3"]
+COMMON = [
+    "--benchmarks",
+    "aime24,hmmt25",
+    "--n-samples",
+    "4",
+    "--max-new-tokens",
+    str(MAX_NEW),
+    "--batch-size",
+    "4",
+    "--dtype",
+    "float32",
+    "--verifier-workers",
+    "1",
+    "--seed",
+    "3",
+]
 
 
 def _boxing_model(path):
@@ -59,12 +73,20 @@ def _boxing_model(path):
 def _data(root):
     """aime24 in the veRL schema (parquet, one boxed gold); hmmt25 in the MathArena schema (JSONL)."""
     (root / "AIME24").mkdir(parents=True)
-    rows = [{"data_source": "AIME24", "prompt": [{"role": "user", "content": f"  Problem {i}: what is it? "}],
-             "ability": "math", "reward_model": {"ground_truth": gold, "style": "rule"}}
-            for i, gold in enumerate(["3", "\\boxed{6}", "9"])]
+    rows = [
+        {
+            "data_source": "AIME24",
+            "prompt": [{"role": "user", "content": f"  Problem {i}: what is it? "}],
+            "ability": "math",
+            "reward_model": {"ground_truth": gold, "style": "rule"},
+        }
+        for i, gold in enumerate(["3", "\\boxed{6}", "9"])
+    ]
     pq.write_table(pa.Table.from_pylist(rows), root / "AIME24" / "test.parquet")
-    lines = [{"problem_idx": i + 1, "problem": f"Count to {g}.", "answer": g, "problem_type": ["x"]}
-             for i, g in enumerate(["6", "3"])]
+    lines = [
+        {"problem_idx": i + 1, "problem": f"Count to {g}.", "answer": g, "problem_type": ["x"]}
+        for i, g in enumerate(["6", "3"])
+    ]
     (root / "hmmt25.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return root
 
@@ -89,9 +111,22 @@ def _by_key(out, name):
 
 def test_missing_benchmark_is_reported_before_loading_anything(setup, tmp_path):
     model, data, _ = setup
-    proc = subprocess.run([sys.executable, "-m", "justrl_jax.evaluate", "--model", str(tmp_path / "no-model"),
-                           "--data-dir", str(data), "--benchmarks", "aime24,math500"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "justrl_jax.evaluate",
+            "--model",
+            str(tmp_path / "no-model"),
+            "--data-dir",
+            str(data),
+            "--benchmarks",
+            "aime24,math500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "benchmark 'math500'" in proc.stderr
     assert str(data / "MATH-500" / "test.parquet") in proc.stderr
@@ -111,7 +146,8 @@ def test_table_jsonl_resume_and_repeat(setup, capsys):
     for name, gold in golds.items():
         records = _records(full, name)
         assert sorted((r["problem_index"], r["sample_index"]) for r in records) == [
-            (i, j) for i in range(len(gold)) for j in range(4)]
+            (i, j) for i in range(len(gold)) for j in range(4)
+        ]
         for r in records:  # every verdict checked by hand from the response
             digit = r["response"].removeprefix("\\boxed{").removesuffix("}")
             assert r["response"] in ("\\boxed{3}", "\\boxed{6}"), r
@@ -169,8 +205,7 @@ def test_validator_metrics_are_repeatable(setup):
     policy = load_policy(model_dir)
     graphdef, params = nnx.split(policy.model, nnx.Param)
     tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
-    cfg = validation_eval_config(benchmarks=("aime24", "hmmt25"), n_samples=4, max_new_tokens=MAX_NEW,
-                                 batch_size=4)
+    cfg = validation_eval_config(benchmarks=("aime24", "hmmt25"), n_samples=4, max_new_tokens=MAX_NEW, batch_size=4)
     validator = Validator(graphdef, tokenizer, cfg, data, eos_ids=policy.eos_ids)
     first = validator(params)
     names = {f"val/{b}/{m}" for b in ("aime24", "hmmt25") for m in ("avg@4", "pass@4", "length_mean")}

@@ -8,12 +8,17 @@ import numpy as np
 import torch
 from hf_reference import make_hf_qwen2
 
-from justrl_jax.tiny import ChatStyle, save_tiny_tokenizer
+from justrl_jax.model.tiny_tokenizer import ChatStyle, save_tiny_tokenizer
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "justrl_jax.generate", *args], capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, "XLA_FLAGS": ""})
+    return subprocess.run(
+        [sys.executable, "-m", "justrl_jax.generate", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "XLA_FLAGS": ""},
+    )
 
 
 def test_greedy_cli_equals_transformers(tmp_path):
@@ -21,25 +26,34 @@ def test_greedy_cli_equals_transformers(tmp_path):
     tokenizer = save_tiny_tokenizer(ChatStyle.DEEPSEEK, path)
     prompts = tmp_path / "prompts.jsonl"
     texts = ["What is 2 + 2?", "Compute the sum of the first ten odd numbers."]
-    prompts.write_text("".join(json.dumps({"prompt": t, "id": i}) + "\n" for i, t in enumerate(texts))
-                       + json.dumps({"prompt_ids": [5, 6, 7], "id": 2}) + "\n")
+    prompts.write_text(
+        "".join(json.dumps({"prompt": t, "id": i}) + "\n" for i, t in enumerate(texts))
+        + json.dumps({"prompt_ids": [5, 6, 7], "id": 2})
+        + "\n"
+    )
     out = tmp_path / "out.jsonl"
-    res = _run("--model", str(path), "--prompts", str(prompts), "--output", str(out), "--greedy",
-               "--max-new-tokens", "6")
+    res = _run(
+        "--model", str(path), "--prompts", str(prompts), "--output", str(out), "--greedy", "--max-new-tokens", "6"
+    )
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [0, 1, 2]
     for row in rows:
         ids = row["prompt_token_ids"]
         if "prompt" in row:
-            templated = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                                      add_generation_prompt=True, tokenize=False)
+            templated = tokenizer.apply_chat_template(
+                [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=False
+            )
             assert ids == tokenizer(templated, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            expected = ref.generate(input_ids=torch.tensor([ids]),
-                                    attention_mask=torch.ones(1, len(ids), dtype=torch.long), do_sample=False,
-                                    max_new_tokens=6, pad_token_id=tokenizer.pad_token_id,
-                                    eos_token_id=tokenizer.eos_token_id)[0, len(ids):].tolist()
+            expected = ref.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=6,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )[0, len(ids) :].tolist()
         sample = row["samples"][0]
         assert sample["completion_ids"] == expected
         assert len(sample["logprobs"]) == len(expected) and all(lp <= 0 for lp in sample["logprobs"])

@@ -93,13 +93,20 @@ def _reference(logp, old, adv, mask, ent, ref, agg, ent_coef=0.0, kl_coef=0.0):
 
 def _jax_loss(logp, old, adv, mask, ent, ref, cfg, with_ref):
     def f(lp, e):
-        stats = policy_loss(lp, jnp.asarray(old, jnp.float32), jnp.asarray(adv, jnp.float32),
-                            jnp.asarray(mask, jnp.float32), cfg, entropy=e,
-                            ref_logps=jnp.asarray(ref, jnp.float32) if with_ref else None)
+        stats = policy_loss(
+            lp,
+            jnp.asarray(old, jnp.float32),
+            jnp.asarray(adv, jnp.float32),
+            jnp.asarray(mask, jnp.float32),
+            cfg,
+            entropy=e,
+            ref_logps=jnp.asarray(ref, jnp.float32) if with_ref else None,
+        )
         return stats.loss, stats
 
     (loss, stats), (g_logp, g_ent) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
-        jnp.asarray(logp, jnp.float32), jnp.asarray(ent, jnp.float32))
+        jnp.asarray(logp, jnp.float32), jnp.asarray(ent, jnp.float32)
+    )
     return float(loss), np.asarray(g_logp), np.asarray(g_ent), stats
 
 
@@ -107,10 +114,8 @@ def _jax_loss(logp, old, adv, mask, ent, ref, cfg, with_ref):
 @pytest.mark.parametrize("ent_coef,kl_coef", [(0.0, 0.0), (0.01, 0.05)])
 def test_policy_loss_and_gradient_match_numpy(agg, ent_coef, kl_coef):
     logp, old, adv, mask, ent, ref = _hand_batch()
-    cfg = LossConfig(clip_low=LO, clip_high=HI, dual_clip_c=C, agg=agg, entropy_coef=ent_coef,
-                     kl_coef=kl_coef)
-    want_loss, want_grad, want_ent_grad, want = _reference(logp, old, adv, mask, ent, ref, agg, ent_coef,
-                                                           kl_coef)
+    cfg = LossConfig(clip_low=LO, clip_high=HI, dual_clip_c=C, agg=agg, entropy_coef=ent_coef, kl_coef=kl_coef)
+    want_loss, want_grad, want_ent_grad, want = _reference(logp, old, adv, mask, ent, ref, agg, ent_coef, kl_coef)
     loss, g_logp, g_ent, stats = _jax_loss(logp, old, adv, mask, ent, ref, cfg, with_ref=kl_coef > 0)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(g_logp, want_grad, atol=1e-6)
@@ -134,9 +139,15 @@ def test_micro_batches_sum_to_the_full_batch(agg):
 
     def grad_of_sum(rows):
         def f(lp):
-            s = policy_loss(lp, jnp.asarray(old[rows], jnp.float32), jnp.asarray(adv[rows], jnp.float32),
-                            jnp.asarray(mask[rows], jnp.float32), cfg)
+            s = policy_loss(
+                lp,
+                jnp.asarray(old[rows], jnp.float32),
+                jnp.asarray(adv[rows], jnp.float32),
+                jnp.asarray(mask[rows], jnp.float32),
+                cfg,
+            )
             return s.loss_sum, s
+
         return jax.grad(f, has_aux=True)(jnp.asarray(logp[rows], jnp.float32))
 
     full_grad, full = grad_of_sum(slice(0, 5))
@@ -179,7 +190,8 @@ def test_chunked_logps_entropy_and_gradients_match_numpy(chunk):
         return jnp.sum(c1 * logp + c2 * ent), (logp, ent)
 
     (_, (logp, ent)), (dh, dw) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
-        jnp.asarray(h, jnp.float32), jnp.asarray(w, jnp.float32))
+        jnp.asarray(h, jnp.float32), jnp.asarray(w, jnp.float32)
+    )
     np.testing.assert_allclose(np.asarray(logp), want_logp, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ent), want_ent, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dh), want_dh, atol=1e-5)
@@ -191,8 +203,7 @@ def test_chunked_logps_entropy_and_gradients_match_numpy(chunk):
         return jnp.sum(c1 * logp + c2 * ent)
 
     dz_logp = c1[..., None] * (onehot - p)
-    np.testing.assert_allclose(np.asarray(jax.grad(f_metric)(jnp.asarray(h, jnp.float32))), dz_logp @ w.T,
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.grad(f_metric)(jnp.asarray(h, jnp.float32))), dz_logp @ w.T, atol=1e-5)
 
 
 def test_sequence_logps_are_aligned_to_the_token():
@@ -219,24 +230,30 @@ def test_kl_and_entropy_terms_need_their_inputs():
         policy_loss(x, x, jnp.zeros(1), x + 1, LossConfig(entropy_coef=0.1))
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (dict(clip_low=1.0), "loss.clip_low"),
-    (dict(clip_high=-0.1), "loss.clip_high"),
-    (dict(dual_clip_c=1.0), "loss.dual_clip_c"),
-    (dict(kl_coef=-1.0), "loss.kl_coef"),
-    (dict(entropy_coef=-1.0), "loss.entropy_coef"),
-    (dict(agg="token-mean"), "loss.agg"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(clip_low=1.0), "loss.clip_low"),
+        (dict(clip_high=-0.1), "loss.clip_high"),
+        (dict(dual_clip_c=1.0), "loss.dual_clip_c"),
+        (dict(kl_coef=-1.0), "loss.kl_coef"),
+        (dict(entropy_coef=-1.0), "loss.entropy_coef"),
+        (dict(agg="token-mean"), "loss.agg"),
+    ],
+)
 def test_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=field):
         LossConfig(**kwargs)
 
 
-@pytest.mark.parametrize("agg,ent_coef,kl_coef,chunk,start", [
-    (LossAggregation.TOKEN_MEAN, 0.0, 0.0, 3, 0),
-    (LossAggregation.SEQ_MEAN_TOKEN_MEAN, 0.02, 0.1, 4, 0),
-    (LossAggregation.TOKEN_MEAN, 0.02, 0.1, 50, 2),  # one chunk longer than the sequence; prompt skipped
-])
+@pytest.mark.parametrize(
+    "agg,ent_coef,kl_coef,chunk,start",
+    [
+        (LossAggregation.TOKEN_MEAN, 0.0, 0.0, 3, 0),
+        (LossAggregation.SEQ_MEAN_TOKEN_MEAN, 0.02, 0.1, 4, 0),
+        (LossAggregation.TOKEN_MEAN, 0.02, 0.1, 50, 2),  # one chunk longer than the sequence; prompt skipped
+    ],
+)
 def test_fused_loss_equals_autodiff_of_the_plain_path(agg, ent_coef, kl_coef, chunk, start):
     """The fused unembedding + loss (gradient formed in the forward pass) against plain autodiff through
     sequence_logps + policy_loss, both of which are checked against NumPy above."""

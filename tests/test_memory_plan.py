@@ -5,8 +5,8 @@ import math
 import pytest
 import transformers
 
-from justrl_jax.memory_plan import GIB, PlanInputs, plan_memory, sharded_param_bytes
-from justrl_jax.qwen2 import Qwen2Config
+from justrl_jax.memory_estimate import GIB, PlanInputs, plan_memory, sharded_param_bytes
+from justrl_jax.model.qwen2 import Qwen2Config
 from justrl_jax.sharding import MeshConfig
 
 
@@ -15,9 +15,14 @@ def _hf_param_count(config: Qwen2Config) -> int:
     import torch
 
     hf = transformers.Qwen2Config(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads, tie_word_embeddings=config.tie_word_embeddings)
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        tie_word_embeddings=config.tie_word_embeddings,
+    )
     with torch.device("meta"):
         model = transformers.Qwen2ForCausalLM(hf)
     return sum(p.numel() for p in model.parameters())
@@ -32,9 +37,16 @@ def test_deepseek_plan_on_4x4_counts_parameters_exactly():
     # Exact per-device bytes from the sharding rules: every matrix splits 16 ways except the KV
     # projections (2 heads cannot split over tensor=4: only over fsdp) and the replicated norms/biases.
     c = config
-    d, h, n, k, f, v, layers = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size, \
-        c.vocab_size, c.num_layers
-    per_layer = (d * n * h / 16 + n * h / 4 + 2 * (d * k * h / 4 + k * h) + n * h * d / 16 + 3 * d * f / 16 + 2 * d)
+    d, h, n, k, f, v, layers = (
+        c.hidden_size,
+        c.head_dim,
+        c.num_heads,
+        c.num_kv_heads,
+        c.intermediate_size,
+        c.vocab_size,
+        c.num_layers,
+    )
+    per_layer = d * n * h / 16 + n * h / 4 + 2 * (d * k * h / 4 + k * h) + n * h * d / 16 + 3 * d * f / 16 + 2 * d
     expected = 4 * (layers * per_layer + 2 * v * d / 16 + d)
     assert plan.params_per_device == expected
     assert plan.optimizer_per_device == 2 * expected  # AdamW mu and nu, fp32
@@ -59,8 +71,9 @@ def test_waves_bound_the_kv_cache():
 
 
 def test_sharded_bytes_single_device_is_whole_model():
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
-                         num_kv_heads=2, head_dim=16)
+    config = Qwen2Config(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16
+    )
     per_device, total = sharded_param_bytes(config, MeshConfig(1, 1), 1, 4)
     assert per_device == 4 * total == 4 * config.num_params()
     with pytest.raises(ValueError, match="needs 8 devices"):

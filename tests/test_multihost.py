@@ -13,7 +13,7 @@ import time
 import numpy as np
 from flax import nnx
 
-from justrl_jax.model_source import load_policy
+from justrl_jax.model.source import load_policy
 
 STEPS = 2
 
@@ -33,22 +33,44 @@ def _env(devices: int) -> dict:
 
 
 def _train_cmd(run_dir, *extra):
-    return [sys.executable, "-m", "justrl_jax.train", "--run-dir", str(run_dir), "--mesh", "4x4",
-            "--set", f"loop.total_steps={STEPS}", "--set", f"checkpoint.every_steps={STEPS}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "justrl_jax.train",
+        "--run-dir",
+        str(run_dir),
+        "--mesh",
+        "4x4",
+        "--set",
+        f"loop.total_steps={STEPS}",
+        "--set",
+        f"checkpoint.every_steps={STEPS}",
+        *extra,
+    ]
 
 
 def _launch_pair(run_dir, *extra):
     port = _free_port()
-    return [subprocess.Popen(_train_cmd(run_dir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                        "--process-id", str(i), *extra),
-                             env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for i in range(2)]
+    return [
+        subprocess.Popen(
+            _train_cmd(
+                run_dir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i), *extra
+            ),
+            env=_env(8),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
 
 
 def _params(run_dir):
     policy = load_policy(run_dir)
-    return {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in
-            nnx.to_flat_state(nnx.state(policy.model, nnx.Param))}
+    return {
+        "/".join(map(str, k)): np.asarray(v.get_value())
+        for k, v in nnx.to_flat_state(nnx.state(policy.model, nnx.Param))
+    }
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -75,17 +97,17 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def _params_initial(run_dir):
-    from justrl_jax.hf_io import load_hf_model
+    from justrl_jax.model.hf_io import load_hf_model
 
     model = load_hf_model(str(run_dir / "demo_assets" / "base_model"))
-    return {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in
-            nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def test_a_dead_host_fails_the_other(tmp_path):
     timeout_s = 20
-    procs = _launch_pair(tmp_path / "run", "--set", "loop.total_steps=100000", "--set",
-                         f"loop.distributed_timeout_s={timeout_s}")
+    procs = _launch_pair(
+        tmp_path / "run", "--set", "loop.total_steps=100000", "--set", f"loop.distributed_timeout_s={timeout_s}"
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
@@ -102,4 +124,3 @@ def test_a_dead_host_fails_the_other(tmp_path):
     elapsed = time.time() - killed
     assert procs[0].returncode not in (0, None), "the surviving process must fail, not succeed or hang"
     assert elapsed < 3 * timeout_s + 30
-

@@ -35,12 +35,14 @@ def test_adamw_and_clip_match_torch(grad_scale):
     rng = np.random.default_rng(0)
     shapes = {"a": (4, 3), "b": (5,), "c": (2, 2, 2)}
     params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-    grads_per_step = [{k: (rng.normal(size=s) * grad_scale).astype(np.float32) for k, s in shapes.items()}
-                      for _ in range(5)]
+    grads_per_step = [
+        {k: (rng.normal(size=s) * grad_scale).astype(np.float32) for k, s in shapes.items()} for _ in range(5)
+    ]
 
     t_params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in params.items()}
-    t_opt = torch.optim.AdamW(list(t_params.values()), lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps,
-                              weight_decay=cfg.weight_decay)
+    t_opt = torch.optim.AdamW(
+        list(t_params.values()), lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(t_opt, lambda k: min(k / 3, 1.0))
 
     tx = make_optimizer(cfg)
@@ -82,16 +84,19 @@ def test_set_learning_rate_rejects_other_states():
         set_learning_rate(optax.adamw(1e-3).init({"w": jnp.ones(2)}), 1e-3)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (dict(lr=-1.0), "optim.lr"),
-    (dict(lr=float("nan")), "optim.lr"),
-    (dict(warmup_steps=-1), "optim.warmup_steps"),
-    (dict(b1=1.0), "optim.b1"),
-    (dict(b2=-0.1), "optim.b2"),
-    (dict(eps=0.0), "optim.eps"),
-    (dict(weight_decay=-0.1), "optim.weight_decay"),
-    (dict(grad_clip=0.0), "optim.grad_clip"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(lr=-1.0), "optim.lr"),
+        (dict(lr=float("nan")), "optim.lr"),
+        (dict(warmup_steps=-1), "optim.warmup_steps"),
+        (dict(b1=1.0), "optim.b1"),
+        (dict(b2=-0.1), "optim.b2"),
+        (dict(eps=0.0), "optim.eps"),
+        (dict(weight_decay=-0.1), "optim.weight_decay"),
+        (dict(grad_clip=0.0), "optim.grad_clip"),
+    ],
+)
 def test_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=field):
         OptimConfig(**kwargs)

@@ -5,8 +5,12 @@ import sys
 
 
 def _plan(*args):
-    return subprocess.run([sys.executable, "-m", "justrl_jax.plan", "--config", "configs/justrl_deepseek_1p5b.yaml",
-                           *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "justrl_jax.plan", "--config", "configs/justrl_deepseek_1p5b.yaml", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_plan_deepseek_on_4x4():

@@ -13,9 +13,9 @@ import transformers
 from flax import nnx
 from hf_reference import hf_logits, make_hf_qwen2
 
-from justrl_jax.hf_io import export_hf_model, load_hf_model, read_hf_config
-from justrl_jax.params import abstract_model, count_params
-from justrl_jax.qwen2 import Qwen2, Qwen2Config, positions_from_mask
+from justrl_jax.model.construct import abstract_model, count_params
+from justrl_jax.model.hf_io import export_hf_model, load_hf_model, read_hf_config
+from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 from justrl_jax.sharding import MeshConfig, make_mesh
 
 
@@ -66,7 +66,7 @@ def test_cached_decoding_equals_full_forward(tmp_path):
     hidden, cache = model(jnp.asarray(tokens[:, :prompt]), pos[:, :prompt], m[:, :prompt], cache)
     steps = [np.asarray(model.logits(hidden))]
     for t in range(prompt, tokens.shape[1]):
-        hidden, cache = model(jnp.asarray(tokens[:, t:t + 1]), pos[:, t:t + 1], m[:, t:t + 1], cache)
+        hidden, cache = model(jnp.asarray(tokens[:, t : t + 1]), pos[:, t : t + 1], m[:, t : t + 1], cache)
         steps.append(np.asarray(model.logits(hidden)))
     cached = np.concatenate(steps, axis=1)
     np.testing.assert_allclose(cached[mask], full[mask], atol=1e-5, rtol=1e-5)
@@ -77,20 +77,23 @@ def test_cached_decoding_equals_full_forward(tmp_path):
 def test_export_reloads_in_transformers(tmp_path, tie):
     path, _ = make_hf_qwen2(tmp_path / "hf", tie=tie, config_style="hub")
     model = load_hf_model(str(path))
-    out = export_hf_model(model, tmp_path / "export", dtype="float32", source_dir=path,
-                          max_shard_bytes=20_000)  # force a sharded export with an index
+    out = export_hf_model(
+        model, tmp_path / "export", dtype="float32", source_dir=path, max_shard_bytes=20_000
+    )  # force a sharded export with an index
     assert (out / "model.safetensors.index.json").exists()
     reloaded = transformers.Qwen2ForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tokens, mask = _batch(model.config.vocab_size, seed=2)
-    np.testing.assert_allclose(hf_logits(reloaded, tokens, mask)[mask], _jax_logits(model, tokens, mask)[mask],
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        hf_logits(reloaded, tokens, mask)[mask], _jax_logits(model, tokens, mask)[mask], atol=1e-5, rtol=1e-5
+    )
     assert read_hf_config(out) == model.config
     # bf16 export: transformers loads it and agrees within bf16 tolerance.
     out16 = export_hf_model(model, tmp_path / "export16", dtype="bfloat16")
     assert json.loads((out16 / "config.json").read_text())["dtype"] == "bfloat16"
     reloaded16 = transformers.Qwen2ForCausalLM.from_pretrained(out16, dtype=torch.float32).eval()
-    np.testing.assert_allclose(hf_logits(reloaded16, tokens, mask)[mask], _jax_logits(model, tokens, mask)[mask],
-                               atol=0.05, rtol=0.05)
+    np.testing.assert_allclose(
+        hf_logits(reloaded16, tokens, mask)[mask], _jax_logits(model, tokens, mask)[mask], atol=0.05, rtol=0.05
+    )
 
 
 def test_forward_on_4x4_mesh_equals_one_device(tmp_path):
@@ -115,8 +118,11 @@ def test_forward_on_4x4_mesh_equals_one_device(tmp_path):
 
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
     with jax.set_mesh(mesh):
-        out = forward(state, jax.device_put(jnp.asarray(tokens), batch_sharding),
-                      jax.device_put(jnp.asarray(mask), batch_sharding))
+        out = forward(
+            state,
+            jax.device_put(jnp.asarray(tokens), batch_sharding),
+            jax.device_put(jnp.asarray(mask), batch_sharding),
+        )
     np.testing.assert_allclose(np.asarray(out)[mask], _jax_logits(single, tokens, mask)[mask], atol=1e-5, rtol=1e-5)
 
 
@@ -142,9 +148,11 @@ def test_1p5b_shapes_and_parameter_count():
 def test_unsupported_configs_are_rejected(tmp_path):
     path, _ = make_hf_qwen2(tmp_path / "hf")
     cfg = json.loads((path / "config.json").read_text())
-    for key, value, match in [("use_sliding_window", True, "use_sliding_window"),
-                              ("rope_scaling", {"type": "yarn", "factor": 4}, "rope_scaling"),
-                              ("model_type", "llama", "model_type")]:
+    for key, value, match in [
+        ("use_sliding_window", True, "use_sliding_window"),
+        ("rope_scaling", {"type": "yarn", "factor": 4}, "rope_scaling"),
+        ("model_type", "llama", "model_type"),
+    ]:
         bad = dict(cfg, **{key: value})
         (path / "config.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=match):
@@ -152,7 +160,10 @@ def test_unsupported_configs_are_rejected(tmp_path):
 
 
 def test_import_has_no_side_effects():
-    code = ("import os, sys; before = dict(os.environ); import justrl_jax, justrl_jax.qwen2, justrl_jax.hf_io, "
-            "justrl_jax.sharding; assert dict(os.environ) == before; "
-            "from jax._src import xla_bridge; assert not xla_bridge._backends, 'a backend was initialised'")
+    code = (
+        "import os, sys; before = dict(os.environ); import justrl_jax, justrl_jax.model.qwen2, "
+        "justrl_jax.model.hf_io, "
+        "justrl_jax.sharding; assert dict(os.environ) == before; "
+        "from jax._src import xla_bridge; assert not xla_bridge._backends, 'a backend was initialised'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -24,7 +24,7 @@ from flax import nnx
 from tiny_run import read_jsonl
 
 from justrl_jax.checkpoint import complete_steps, read_meta
-from justrl_jax.model_source import load_policy
+from justrl_jax.model.source import load_policy
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
 
@@ -35,14 +35,31 @@ TIMEOUT_S = 300
 def _env(cache_dir: Path) -> dict:
     # One CPU device, like every run compared; the compilation cache lets the runs after the first
     # skip most of XLA's compile time (a cached executable is the very code the first run compiled).
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
-            "HF_HUB_OFFLINE": "1", "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "JAX_PLATFORMS": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
 
 
 def _train_cmd(run_dir, *sets):
-    cmd = [sys.executable, "-m", "justrl_jax.train", "--run-dir", str(run_dir), "--mesh", "1x1",
-           "--set", f"loop.total_steps={STEPS}", "--set", "demo.sft_steps=30"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "justrl_jax.train",
+        "--run-dir",
+        str(run_dir),
+        "--mesh",
+        "1x1",
+        "--set",
+        f"loop.total_steps={STEPS}",
+        "--set",
+        "demo.sft_steps=30",
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd
@@ -77,8 +94,11 @@ def _assert_equal_trees(expected: dict, actual: dict, what: str) -> None:
 
 def _assert_same_checkpoint(a_run, b_run, step):
     for item in ("params", "opt_state"):
-        _assert_equal_trees(_flat(_raw(a_run / "checkpoints" / str(step), item)),
-                            _flat(_raw(b_run / "checkpoints" / str(step), item)), f"step {step}: {item}")
+        _assert_equal_trees(
+            _flat(_raw(a_run / "checkpoints" / str(step), item)),
+            _flat(_raw(b_run / "checkpoints" / str(step), item)),
+            f"step {step}: {item}",
+        )
     meta_a, meta_b = (read_meta(r / "checkpoints" / str(step)) for r in (a_run, b_run))
     assert meta_a["data"] == meta_b["data"]  # the data order continues exactly where it stopped
     assert meta_a["rng"] == meta_b["rng"] and meta_a["train"] == meta_b["train"]
@@ -101,8 +121,13 @@ class Outcome:
 
 def _reference(run_dir, env) -> Outcome:
     """The uninterrupted run, a checkpoint after every step (all kept): what every other run must equal."""
-    done = subprocess.run(_train_cmd(run_dir, "checkpoint.every_steps=1", f"checkpoint.keep={STEPS}"),
-                          env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    done = subprocess.run(
+        _train_cmd(run_dir, "checkpoint.every_steps=1", f"checkpoint.keep={STEPS}"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     return Outcome(run_dir, done.returncode, done.stderr)
 
 
@@ -144,9 +169,20 @@ def _preempted(run_dir, env) -> Outcome:
 
 
 def _diverging(run_dir, env) -> Outcome:
-    done = subprocess.run(_train_cmd(run_dir, "train.optim.lr=1e30", "loop.max_nonfinite_steps=2",
-                                     "checkpoint.every_steps=1", "checkpoint.keep=2", "loop.total_steps=20"),
-                          env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    done = subprocess.run(
+        _train_cmd(
+            run_dir,
+            "train.optim.lr=1e30",
+            "loop.max_nonfinite_steps=2",
+            "checkpoint.every_steps=1",
+            "checkpoint.keep=2",
+            "loop.total_steps=20",
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     return Outcome(run_dir, done.returncode, done.stderr)
 
 

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from justrl_jax.kv_cache import KVCache
-from justrl_jax.params import place_model, state_shardings
-from justrl_jax.qwen2 import Qwen2, Qwen2Config
+from justrl_jax.model.construct import place_model, state_shardings
+from justrl_jax.model.kv_cache import KVCache
+from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig, plan_waves, reshard_params
 from justrl_jax.sampling import Greedy, Temperature
 from justrl_jax.sharding import make_mesh
 
-CFG = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=16)
+CFG = Qwen2Config(
+    vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16
+)
 NEW = 8
 
 
@@ -29,8 +30,8 @@ def _prompts(lengths, width, seed=0):
     ids = np.zeros((len(lengths), width), np.int32)
     mask = np.zeros((len(lengths), width), bool)
     for i, n in enumerate(lengths):
-        ids[i, width - n:] = rng.integers(1, CFG.vocab_size, n)
-        mask[i, width - n:] = True
+        ids[i, width - n :] = rng.integers(1, CFG.vocab_size, n)
+        mask[i, width - n :] = True
     return ids, mask
 
 
@@ -43,8 +44,7 @@ def test_waves_give_the_same_rollout_as_one_pass(model):
     config = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8)
     one = Sampler(model, config, eos_ids=(7, 9), pad_id=0).generate(model, ids, mask, n=2, key=5)
     budget = 2 * (_row_bytes(8) + _row_bytes(8 + NEW))  # two rows at the peak (prefill cache + decode cache)
-    waved = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8,
-                          kv_cache_budget_bytes=budget)
+    waved = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8, kv_cache_budget_bytes=budget)
     plan = plan_waves(CFG, waved, rows=6, prompt_width=8)
     assert (plan.wave_rows, plan.waves) == (2, 3) and plan.peak_bytes_per_device <= budget
     out = Sampler(model, waved, eos_ids=(7, 9), pad_id=0).generate(model, ids, mask, n=2, key=5)
@@ -106,8 +106,9 @@ def test_the_loop_stops_when_every_row_has_finished(model):
     eos = (int(tokens[0, 1]), int(tokens[1, 3]))  # row 0 stops by token 2, row 1 by token 4 at the latest
     stop = max(int(np.argmax(np.isin(row, eos))) + 1 for row in tokens)
     assert stop <= 4
-    sampler = Sampler(model, SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8), eos_ids=eos,
-                      pad_id=0)
+    sampler = Sampler(
+        model, SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8), eos_ids=eos, pad_id=0
+    )
     params = nnx.state(model, nnx.Param)
     state = sampler.prefill_fn(params, ids, mask, np.zeros((2, 2), np.uint32), np.ones(2, bool), slots=8 + NEW)
     state = sampler.decode_fn(params, state, jnp.asarray(NEW, jnp.int32))
@@ -128,26 +129,33 @@ def test_reshard_params_is_the_identity_on_the_training_layout(model):
     assert reshard_params(local, None) is local
 
 
-@pytest.mark.parametrize("ids, mask, n, match", [
-    ([[0, 5, 6], [4, 5, 0]], [[0, 1, 1], [1, 1, 0]], 1, "row 1 is not left-padded"),
-    ([[0, 5, 6], [0, 0, 0]], [[0, 1, 1], [0, 0, 0]], 1, "row 1 has no tokens"),
-    ([[0, 5, 600]], [[0, 1, 1]], 1, "token id 600 outside the vocabulary"),
-    ([[1, 2]], [[1, 1, 1]], 1, r"must both be \[B, P\]"),
-    ([[1, 2]], [[1, 1]], 0, "n must be"),
-])
+@pytest.mark.parametrize(
+    "ids, mask, n, match",
+    [
+        ([[0, 5, 6], [4, 5, 0]], [[0, 1, 1], [1, 1, 0]], 1, "row 1 is not left-padded"),
+        ([[0, 5, 6], [0, 0, 0]], [[0, 1, 1], [0, 0, 0]], 1, "row 1 has no tokens"),
+        ([[0, 5, 600]], [[0, 1, 1]], 1, "token id 600 outside the vocabulary"),
+        ([[1, 2]], [[1, 1, 1]], 1, r"must both be \[B, P\]"),
+        ([[1, 2]], [[1, 1]], 0, "n must be"),
+    ],
+)
 def test_bad_prompts_are_named(model, ids, mask, n, match):
     sampler = Sampler(model, SamplerConfig(max_new_tokens=2), eos_ids=(), pad_id=0)
     with pytest.raises(ValueError, match=match):
         sampler.generate(model, np.asarray(ids), np.asarray(mask), n=n, key=0)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(max_new_tokens=0), "max_new_tokens"), (dict(max_new_tokens=4, prompt_bucket=0), "prompt_bucket"),
-    (dict(max_new_tokens=4, strategy="greedy"), "strategy"),
-    (dict(max_new_tokens=4, kv_cache_budget_bytes=0), "kv_cache_budget_bytes"),
-    (dict(max_new_tokens=4, decode_chunk=-1), "decode_chunk"),
-    (dict(max_new_tokens=4, cache_dtype="f33"), "cache_dtype"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=4, prompt_bucket=0), "prompt_bucket"),
+        (dict(max_new_tokens=4, strategy="greedy"), "strategy"),
+        (dict(max_new_tokens=4, kv_cache_budget_bytes=0), "kv_cache_budget_bytes"),
+        (dict(max_new_tokens=4, decode_chunk=-1), "decode_chunk"),
+        (dict(max_new_tokens=4, cache_dtype="f33"), "cache_dtype"),
+    ],
+)
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"sampler.{field}"):
         SamplerConfig(**kwargs)

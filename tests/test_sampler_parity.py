@@ -8,11 +8,11 @@ import pytest
 import torch
 from hf_reference import make_hf_qwen2
 
-from justrl_jax.hf_io import load_hf_model
-from justrl_jax.rollout_batch import build_train_batch
+from justrl_jax.model.hf_io import load_hf_model
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
 from justrl_jax.sampling import Greedy, Temperature, TopK, TopP
 from justrl_jax.sharding import make_mesh
+from justrl_jax.train_batch import build_train_batch
 
 NEW = 10
 
@@ -28,22 +28,29 @@ def _prompts(lengths, vocab, width, seed=0):
     ids = np.zeros((len(lengths), width), np.int32)
     mask = np.zeros((len(lengths), width), bool)
     for i, n in enumerate(lengths):
-        ids[i, width - n:] = rng.integers(1, vocab, n)
-        mask[i, width - n:] = True
+        ids[i, width - n :] = rng.integers(1, vocab, n)
+        mask[i, width - n :] = True
     return ids, mask
 
 
 def test_greedy_equals_transformers_generate(tiny):
     path, ref, model = tiny
     ids, mask = _prompts([3, 9, 6, 1], 128, 9)
-    sampler = Sampler(model, SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8), eos_ids=(),
-                      pad_id=0)
+    sampler = Sampler(
+        model, SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8), eos_ids=(), pad_id=0
+    )
     out = sampler.generate(model, ids, mask, n=1, key=0)
     with torch.no_grad():
-        expected = ref.generate(input_ids=torch.as_tensor(ids, dtype=torch.long),
-                                attention_mask=torch.as_tensor(mask, dtype=torch.long), do_sample=False,
-                                max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=0, eos_token_id=None)
-    np.testing.assert_array_equal(out.completion_ids, expected[:, ids.shape[1]:].numpy())
+        expected = ref.generate(
+            input_ids=torch.as_tensor(ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(mask, dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    np.testing.assert_array_equal(out.completion_ids, expected[:, ids.shape[1] :].numpy())
     assert (out.lengths == NEW).all() and (out.finish == FinishReason.LENGTH).all()
 
 
@@ -54,8 +61,9 @@ def test_eos_stops_a_row_and_is_kept(tiny):
     tokens = free.generate(model, ids, mask, n=1, key=0).completion_ids
     eos = int(tokens[0, 3])  # the 4th greedy token of row 0 becomes an EOS
     first = [int(np.argmax(row == eos)) if (row == eos).any() else NEW for row in tokens]
-    out = Sampler(model, SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8), eos_ids=(5, eos),
-                  pad_id=0).generate(model, ids, mask, n=1, key=0)
+    out = Sampler(
+        model, SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8), eos_ids=(5, eos), pad_id=0
+    ).generate(model, ids, mask, n=1, key=0)
     for r in range(2):
         n = min(first[r] + 1, NEW)
         assert out.lengths[r] == n
@@ -68,18 +76,20 @@ def test_eos_stops_a_row_and_is_kept(tiny):
 def test_sampler_logprobs_equal_trainer_recomputation(tiny):
     _, _, model = tiny
     ids, mask = _prompts([2, 8, 5], 128, 8, seed=2)
-    sampler = Sampler(model, SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8),
-                      eos_ids=(7,), pad_id=0)
+    sampler = Sampler(
+        model, SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8), eos_ids=(7,), pad_id=0
+    )
     out = sampler.generate(model, ids, mask, n=3, key=11)
     assert len({tuple(r) for r in out.completion_ids}) > 3  # the n samples of a prompt differ
-    batch = build_train_batch(out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask,
-                              np.zeros(len(out.lengths)), 1, 0)
+    batch = build_train_batch(
+        out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask, np.zeros(len(out.lengths)), 1, 0
+    )
     hidden, _ = model(jnp.asarray(batch.tokens), jnp.asarray(batch.positions), jnp.asarray(batch.attn_mask))
     logp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
     picked = np.asarray(jnp.take_along_axis(logp[:, :-1], jnp.asarray(batch.tokens)[:, 1:, None], axis=-1)[..., 0])
     p = out.prompt_ids.shape[1]
     t = batch.tokens.shape[1] - p
-    recomputed = np.where(out.completion_mask[:, :t], picked[:, p - 1:p - 1 + t], 0.0)
+    recomputed = np.where(out.completion_mask[:, :t], picked[:, p - 1 : p - 1 + t], 0.0)
     np.testing.assert_allclose(out.logprobs[:, :t], recomputed, atol=1e-5)
     # and reproducible from the seed
     again = sampler.generate(model, ids, mask, n=3, key=11)
@@ -103,10 +113,16 @@ def _chi2_ok(freq, probs, rows=40_000):
     return chi2 < 30.0  # ~1e-4 tail for <= 9 degrees of freedom: fails on any real distortion
 
 
-@pytest.mark.parametrize("strategy, truncate", [
-    (Temperature(1.0), None), (Temperature(0.7), None), (TopP(p=0.7, temperature=0.7), "p"),
-    (TopP(p=0.5), "p"), (TopK(k=3, temperature=1.3), "k"),
-])
+@pytest.mark.parametrize(
+    "strategy, truncate",
+    [
+        (Temperature(1.0), None),
+        (Temperature(0.7), None),
+        (TopP(p=0.7, temperature=0.7), "p"),
+        (TopP(p=0.5), "p"),
+        (TopK(k=3, temperature=1.3), "k"),
+    ],
+)
 def test_sampled_frequencies_match_the_distribution(strategy, truncate):
     t = strategy.temperature
     probs = np.exp(LOGITS / t) / np.exp(LOGITS / t).sum()
@@ -118,7 +134,7 @@ def test_sampled_frequencies_match_the_distribution(strategy, truncate):
         probs = kept / kept.sum()
     elif truncate == "k":
         kept = np.zeros_like(probs)
-        kept[:strategy.k] = probs[:strategy.k]
+        kept[: strategy.k] = probs[: strategy.k]
         probs = kept / kept.sum()
     freq = _frequencies(strategy)
     assert (freq[probs == 0] == 0).all(), freq
@@ -129,8 +145,9 @@ def test_sampled_frequencies_match_the_distribution(strategy, truncate):
 
 def test_no_recompilation_within_a_prompt_bucket(tiny):
     _, _, model = tiny
-    sampler = Sampler(model, SamplerConfig(max_new_tokens=4, strategy=Temperature(1.0), prompt_bucket=16),
-                      eos_ids=(), pad_id=0)
+    sampler = Sampler(
+        model, SamplerConfig(max_new_tokens=4, strategy=Temperature(1.0), prompt_bucket=16), eos_ids=(), pad_id=0
+    )
     sampler.generate(model, *_prompts([3, 10], 128, 10), n=2, key=0)
     sizes = (sampler.prefill_fn._cache_size(), sampler.decode_fn._cache_size())
     sampler.generate(model, *_prompts([14, 1], 128, 14, seed=5), n=2, key=1)  # other lengths, same bucket
@@ -149,6 +166,7 @@ def test_same_tokens_on_a_4x4_mesh(tiny):
     sharded_model = load_hf_model(str(path), mesh=mesh)
     with jax.set_mesh(mesh):
         multi = Sampler(sharded_model, config, mesh=mesh, eos_ids=(), pad_id=0).generate(
-            sharded_model, ids, mask, n=4, key=21)
+            sharded_model, ids, mask, n=4, key=21
+        )
     np.testing.assert_array_equal(multi.completion_ids, single.completion_ids)
     np.testing.assert_allclose(multi.logprobs, single.logprobs, atol=1e-5)

@@ -111,8 +111,10 @@ def test_the_frequency_test_can_fail(draws):
     assert counts[_reference_probs(_fixed_logits(), 0.7, top_p=0.8) == 0].sum() > 0
 
 
-@pytest.mark.parametrize("top_p, top_k, temperature", [(0.5, -1, 1.0), (0.9, -1, 0.7), (0.95, -1, 1.5),
-                                                       (1.0, 7, 1.0), (1.0, 1, 0.7), (0.9, 20, 0.7)])
+@pytest.mark.parametrize(
+    "top_p, top_k, temperature",
+    [(0.5, -1, 1.0), (0.9, -1, 0.7), (0.95, -1, 1.5), (1.0, 7, 1.0), (1.0, 1, 0.7), (0.9, 20, 0.7)],
+)
 def test_support_equals_transformers_warpers(top_p, top_k, temperature):
     rng = np.random.default_rng(1)
     logits = (rng.standard_normal((48, V)) * 2.5).astype(np.float32)
@@ -126,8 +128,11 @@ def test_support_equals_transformers_warpers(top_p, top_k, temperature):
     np.testing.assert_array_equal(ours, torch.isfinite(scores).numpy())
 
 
-@pytest.mark.parametrize("strategy", [Greedy(), Temperature(1.0), Temperature(0.6), TopP(p=0.7, temperature=0.7),
-                                      TopK(k=3, temperature=1.2)], ids=repr)
+@pytest.mark.parametrize(
+    "strategy",
+    [Greedy(), Temperature(1.0), Temperature(0.6), TopP(p=0.7, temperature=0.7), TopK(k=3, temperature=1.2)],
+    ids=repr,
+)
 def test_logprobs_are_the_tempered_policy(strategy):
     rng = np.random.default_rng(2)
     logits = (rng.standard_normal((64, V)) * 3).astype(np.float32)
@@ -170,12 +175,18 @@ def test_no_truncation_is_skipped_statically():
     assert has_loop(TopP(p=0.9)) and has_loop(TopK(k=5))
 
 
-@pytest.mark.parametrize("make, field", [
-    (lambda: TopP(p=0.0), "TopP.p"), (lambda: TopP(p=1.5), "TopP.p"), (lambda: TopP(p=0.9, top_k=2.0), "TopP.top_k"),
-    (lambda: Temperature(0.0), "Temperature.temperature"),
-    (lambda: Temperature(float("nan")), "Temperature.temperature"),
-    (lambda: TopK(k=2.5), "TopK.k"), (lambda: TopK(k=3, temperature=-1.0), "TopK.temperature"),
-])
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: TopP(p=0.0), "TopP.p"),
+        (lambda: TopP(p=1.5), "TopP.p"),
+        (lambda: TopP(p=0.9, top_k=2.0), "TopP.top_k"),
+        (lambda: Temperature(0.0), "Temperature.temperature"),
+        (lambda: Temperature(float("nan")), "Temperature.temperature"),
+        (lambda: TopK(k=2.5), "TopK.k"),
+        (lambda: TopK(k=3, temperature=-1.0), "TopK.temperature"),
+    ],
+)
 def test_bad_settings_name_the_field(make, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         make()

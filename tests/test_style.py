@@ -10,10 +10,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_ruff_clean():
+def _ruff() -> str:
     ruff = shutil.which("ruff") or (Path(sys.executable).parent / "ruff")
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed (it is part of the test extra)")
-    out = subprocess.run([str(ruff), "check", "justrl_jax", "tests", "scripts"], cwd=ROOT,
-                         capture_output=True, text=True)
+    return str(ruff)
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_ruff_clean(command):
+    out = subprocess.run(
+        [_ruff(), *command, "justrl_jax", "tests", "scripts"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -6,7 +6,7 @@ import sys
 import pytest
 from transformers import AutoTokenizer
 
-from justrl_jax.tiny import ChatStyle, generation_eos_ids, make_tiny_tokenizer, save_tiny_tokenizer
+from justrl_jax.model.tiny_tokenizer import ChatStyle, generation_eos_ids, make_tiny_tokenizer, save_tiny_tokenizer
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 CONTENT = "Compute 3 + 4.\n\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -71,15 +71,19 @@ def test_generation_prompt_matches_the_real_template(style_and_tokenizer):
 
 def test_multi_turn_rendering():
     ds = make_tiny_tokenizer(ChatStyle.DEEPSEEK)
-    messages = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "q1"},
-                {"role": "assistant", "content": "<think>\nhidden</think>a1"},
-                {"role": "user", "content": "q2"}]
+    messages = [
+        {"role": "system", "content": "SYS"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "<think>\nhidden</think>a1"},
+        {"role": "user", "content": "q2"},
+    ]
     # DeepSeek: system prompt right after the bos; earlier reasoning dropped; no generation prompt asked.
     expected = BOS + "SYS<｜User｜>q1<｜Assistant｜>a1" + EOS + "<｜User｜>q2"
     assert ds.apply_chat_template(messages, tokenize=False) == expected
     qwen = make_tiny_tokenizer(ChatStyle.CHATML)
     assert qwen.apply_chat_template(messages[:2], tokenize=False) == (
-        "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nq1<|im_end|>\n")
+        "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nq1<|im_end|>\n"
+    )
 
 
 def test_special_tokens_and_left_padding():
@@ -90,8 +94,10 @@ def test_special_tokens_and_left_padding():
     qwen = make_tiny_tokenizer(ChatStyle.CHATML)
     assert (qwen.bos_token, qwen.eos_token, qwen.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
     assert qwen("hi")["input_ids"] == qwen("hi", add_special_tokens=False)["input_ids"]
-    assert generation_eos_ids(ChatStyle.CHATML, qwen) == (qwen.convert_tokens_to_ids("<|im_end|>"),
-                                                          qwen.convert_tokens_to_ids("<|endoftext|>"))
+    assert generation_eos_ids(ChatStyle.CHATML, qwen) == (
+        qwen.convert_tokens_to_ids("<|im_end|>"),
+        qwen.convert_tokens_to_ids("<|endoftext|>"),
+    )
     assert generation_eos_ids(ChatStyle.DEEPSEEK, ds) == (ds.eos_token_id,)
     for tok in (ds, qwen):
         assert tok.padding_side == "left"
@@ -111,7 +117,11 @@ def test_saved_tokenizer_loads_offline_with_auto_tokenizer(tmp_path, style_and_t
     for text in TEXTS:
         assert loaded(text)["input_ids"] == tok(text)["input_ids"]
     assert (loaded.pad_token_id, loaded.eos_token_id, loaded.bos_token_id, loaded.padding_side) == (
-        tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, "left")
+        tok.pad_token_id,
+        tok.eos_token_id,
+        tok.bos_token_id,
+        "left",
+    )
     assert len(loaded) == len(tok)
 
 
@@ -122,5 +132,5 @@ def test_make_is_deterministic():
 
 
 def test_module_does_not_import_jax():
-    code = "import sys, justrl_jax.tiny; assert 'jax' not in sys.modules, 'jax imported'"
+    code = "import sys, justrl_jax.model.tiny_tokenizer; assert 'jax' not in sys.modules, 'jax imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -6,11 +6,11 @@ import jax
 import pytest
 from tiny_run import make_tiny_model_dir, read_jsonl, write_benchmarks, write_dapo_parquet
 
-from justrl_jax.config import ConfigError
+from justrl_jax.config_io import ConfigError
+from justrl_jax.model.tiny_tokenizer import ChatStyle
 from justrl_jax.plot import plot_run
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
-from justrl_jax.tiny import ChatStyle
 
 DEMO_STEPS = 60
 
@@ -46,19 +46,31 @@ def test_demo_learns_on_4x4_mesh(tmp_path):
     _assert_learns(_run_demo(tmp_path / "run", "4x4", None))
 
 
-@pytest.mark.parametrize("preset, style", [("justrl_deepseek_1p5b", ChatStyle.DEEPSEEK),
-                                           ("justrl_nemotron_1p5b", ChatStyle.CHATML)])
+@pytest.mark.parametrize(
+    "preset, style", [("justrl_deepseek_1p5b", ChatStyle.DEEPSEEK), ("justrl_nemotron_1p5b", ChatStyle.CHATML)]
+)
 def test_shipped_configs_run_two_steps(tmp_path, preset, style):
     """Everything as shipped except the model (tiny, random), the data files and the sizes."""
     model = make_tiny_model_dir(tmp_path / "model", style, rope_theta=500000.0 if "nemotron" in preset else 1e4)
     data = write_dapo_parquet(tmp_path / "dapo.parquet", n=8)
     bench = write_benchmarks(tmp_path / "bench")
-    cfg = load_run_config(f"configs/{preset}.yaml", [
-        f"model.path={model}", f"data.path={data}", f"validation.data_dir={bench}",
-        "rollout.prompts_per_step=2", "rollout.max_new_tokens=6", "rollout.length_bucket=8",
-        "train.mini_batch_size=8", "train.micro_batch_size=4", "data.bucket_multiple=16",
-        "validation.n_samples=2", "validation.max_new_tokens=6", "loop.total_steps=2",
-    ])
+    cfg = load_run_config(
+        f"configs/{preset}.yaml",
+        [
+            f"model.path={model}",
+            f"data.path={data}",
+            f"validation.data_dir={bench}",
+            "rollout.prompts_per_step=2",
+            "rollout.max_new_tokens=6",
+            "rollout.length_bucket=8",
+            "train.mini_batch_size=8",
+            "train.micro_batch_size=4",
+            "data.bucket_multiple=16",
+            "validation.n_samples=2",
+            "validation.max_new_tokens=6",
+            "loop.total_steps=2",
+        ],
+    )
     assert cfg.train.loss.clip_high == 0.28 and cfg.train.optim.lr == 1e-6 and cfg.rollout.samples_per_prompt == 8
     runner = RLRunner(cfg, tmp_path / "run", mesh_spec="2x1", devices=jax.devices()[:2])
     runner.run()

@@ -12,10 +12,10 @@ from flax import nnx
 from hf_reference import make_hf_qwen2
 
 from justrl_jax.advantages import group_advantages
-from justrl_jax.hf_io import export_params, load_hf_model
 from justrl_jax.losses import LossConfig
+from justrl_jax.model.hf_io import export_params, load_hf_model
+from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 from justrl_jax.optim import OptimConfig
-from justrl_jax.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 from justrl_jax.sharding import make_mesh
 from justrl_jax.train_step import (
     TrainBatch,
@@ -30,8 +30,13 @@ N, P, T, G = 8, 5, 7, 4  # responses, prompt slots, completion slots, group size
 LO, HI, C = 0.2, 0.28, 10.0
 # Adam's eps is raised from 1e-8 so that near-zero gradients do not turn rounding noise into full-size
 # steps (g / (|g| + eps) ~ sign(g)): then equal parameters after the step really mean equal gradients.
-BASE = TrainConfig(mini_batch_size=4, micro_batch_size=4, logp_chunk_size=5, remat=False,
-                   optim=OptimConfig(lr=1e-3, warmup_steps=0, eps=1e-4))
+BASE = TrainConfig(
+    mini_batch_size=4,
+    micro_batch_size=4,
+    logp_chunk_size=5,
+    remat=False,
+    optim=OptimConfig(lr=1e-3, warmup_steps=0, eps=1e-4),
+)
 
 
 def _numpy_batch(vocab, seed=0):
@@ -43,16 +48,22 @@ def _numpy_batch(vocab, seed=0):
     attn = np.zeros((N, P + T), bool)
     loss = np.zeros((N, P + T), np.float32)
     for i in range(N):
-        attn[i, P - prompt_len[i]:P + completion_len[i]] = True
-        loss[i, P:P + completion_len[i]] = 1.0
+        attn[i, P - prompt_len[i] : P + completion_len[i]] = True
+        loss[i, P : P + completion_len[i]] = 1.0
     tokens[~attn] = 0
     rewards = np.array([1, -1, -1, 1, 1, 1, 1, 1], np.float32)  # group 2 is all-equal: advantage 0
     return tokens, attn, loss, np.asarray(group_advantages(rewards, G))
 
 
 def _batch(tokens, attn, loss, adv, old=None):
-    return TrainBatch(tokens=tokens, positions=np.asarray(positions_from_mask(jnp.asarray(attn))),
-                      attn_mask=attn, loss_mask=loss, advantages=adv, old_logps=old)
+    return TrainBatch(
+        tokens=tokens,
+        positions=np.asarray(positions_from_mask(jnp.asarray(attn))),
+        attn_mask=attn,
+        loss_mask=loss,
+        advantages=adv,
+        old_logps=old,
+    )
 
 
 def _torch_logps(model, tokens, attn):
@@ -72,8 +83,7 @@ def _torch_grpo_step(model, tokens, attn, loss_mask, adv, old, cfg: TrainConfig)
     """verl 0.4.0's update written from recipe §1/§2: token-mean clipped loss per mini-batch, backward,
     clip_grad_norm_, torch AdamW step. Returns the mini-batch losses and gradient norms."""
     o = cfg.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
-                            weight_decay=o.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay)
     losses, norms = [], []
     mb = cfg.mini_batch_size
     for start in range(0, N, mb):
@@ -96,8 +106,9 @@ def _torch_grpo_step(model, tokens, attn, loss_mask, adv, old, cfg: TrainConfig)
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
     # vocab 96 and MLP 96 divide the 4-way tensor axis, so the mesh test really shards them.
-    return make_hf_qwen2(tmp_path_factory.mktemp("hf"), vocab=96, hidden=64, layers=2, heads=4, kv_heads=2,
-                         intermediate=96)
+    return make_hf_qwen2(
+        tmp_path_factory.mktemp("hf"), vocab=96, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +128,9 @@ def reference(hf):
     batch = _batch(tokens, attn, loss, adv, old.astype(np.float32))
     step = make_train_step(graphdef, BASE, None)
     new_state, metrics = step(state, batch)
-    return dict(model=model, batch=batch, logps=logp_result, state=new_state, metrics=metrics, step=step,
-                graphdef=graphdef)
+    return dict(
+        model=model, batch=batch, logps=logp_result, state=new_state, metrics=metrics, step=step, graphdef=graphdef
+    )
 
 
 def _hf_params(state, config):
@@ -146,8 +158,7 @@ def test_train_step_matches_torch_grpo_adamw(hf, reference):
 
     torch_model = transformers.Qwen2ForCausalLM.from_pretrained(path).float()
     b = reference["batch"]
-    losses, norms = _torch_grpo_step(torch_model, b.tokens, b.attn_mask, b.loss_mask, b.advantages,
-                                     b.old_logps, BASE)
+    losses, norms = _torch_grpo_step(torch_model, b.tokens, b.attn_mask, b.loss_mask, b.advantages, b.old_logps, BASE)
     m = reference["metrics"]
     np.testing.assert_allclose(float(m.loss), np.mean(losses), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(m.grad_norm), np.mean(norms), rtol=1e-5)
@@ -185,10 +196,14 @@ def _assert_same_update(reference, state, metrics):
         np.testing.assert_allclose(float(getattr(metrics, field)), want, rtol=1e-5, atol=1e-7, err_msg=field)
 
 
-@pytest.mark.parametrize("change,micro", [
-    (dict(micro_batch_size=4, micro_batch_tokens=2 * (P + T)), 2),  # a token budget of two sequences
-    (dict(remat=True), 4),
-], ids=["micro-batched", "remat"])
+@pytest.mark.parametrize(
+    "change,micro",
+    [
+        (dict(micro_batch_size=4, micro_batch_tokens=2 * (P + T)), 2),  # a token budget of two sequences
+        (dict(remat=True), 4),
+    ],
+    ids=["micro-batched", "remat"],
+)
 def test_micro_batching_and_remat_do_not_change_the_update(reference, change, micro):
     cfg = dataclasses.replace(BASE, **change)
     assert cfg.micro_batch_for(4, P + T, 1) == micro
@@ -234,13 +249,16 @@ def test_non_finite_update_is_skipped(reference):
         assert int(metrics.skipped_updates) == skipped and int(new_state.skipped_updates) == skipped
         assert int(metrics.updates) == 2 - skipped and int(new_state.step) == 1
         after = jax.tree.map(np.asarray, new_state)
-        params_same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before.params),
-                                                               jax.tree.leaves(after.params), strict=True))
+        params_same = all(
+            np.array_equal(x, y)
+            for x, y in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params), strict=True)
+        )
         assert params_same == (skipped == 2)
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(after.params))
         if skipped == 2:  # nothing moved, Adam's moments and step count included (only the lr was set)
-            for x, y in zip(jax.tree.leaves(before.opt_state.inner_state),
-                            jax.tree.leaves(after.opt_state.inner_state), strict=True):
+            for x, y in zip(
+                jax.tree.leaves(before.opt_state.inner_state), jax.tree.leaves(after.opt_state.inner_state), strict=True
+            ):
                 np.testing.assert_array_equal(x, y)
 
 
@@ -259,11 +277,17 @@ def test_learning_raises_a_synthetic_reward():
     """GRPO on a tiny model: reward = fraction of completion tokens equal to TARGET. It must go up."""
     vocab, target, prompts, group, p_len, c_len = 16, 7, 4, 8, 3, 4
     n = prompts * group
-    config = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                         num_kv_heads=1, head_dim=16)
+    config = Qwen2Config(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16
+    )
     model = Qwen2(config, rngs=nnx.Rngs(0))
-    cfg = TrainConfig(mini_batch_size=16, micro_batch_size=16, logp_chunk_size=8, remat=False,
-                      optim=OptimConfig(lr=2e-2, warmup_steps=0))
+    cfg = TrainConfig(
+        mini_batch_size=16,
+        micro_batch_size=16,
+        logp_chunk_size=8,
+        remat=False,
+        optim=OptimConfig(lr=2e-2, warmup_steps=0),
+    )
     graphdef, state = init_train_state(model, cfg.optim)
     step = make_train_step(graphdef, cfg, None)
     compute_logps = make_compute_logps(graphdef, cfg, None)
@@ -312,8 +336,12 @@ def test_bad_batches_and_configs_are_named():
     assert cfg.micro_batch_for(512, 16384, 1) == 2  # 32768 tokens per device: 2 sequences of 16k
     assert cfg.micro_batch_for(512, 16384, 32) == 64  # 2 per device on 32 devices = 64 = micro_batch_size
     assert cfg.micro_batch_for(512, 32768, 32) == 32 and cfg.micro_batch_for(512, 65536, 32) == 32
-    model = Qwen2(Qwen2Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1,
-                              num_kv_heads=1, head_dim=8), rngs=nnx.Rngs(0))
+    model = Qwen2(
+        Qwen2Config(
+            vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8
+        ),
+        rngs=nnx.Rngs(0),
+    )
     graphdef, state = init_train_state(model, BASE.optim)
     step = make_train_step(graphdef, BASE, None)
     x = np.zeros((4, 3), np.int32)

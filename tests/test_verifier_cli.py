@@ -13,18 +13,24 @@ def _write(path, lines):
 
 def test_strict_cli_scores_and_passes_fields_through(tmp_path, capsys):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    _write(src, [
-        json.dumps({"response": "so \\boxed{34}", "gold": "34", "id": 1}),
-        json.dumps({"response": "so \\boxed{34.}", "gold": 34, "id": 2}),
-        "{not json",
-        json.dumps({"response": "so \\boxed{1}"}),
-        "",
-        json.dumps({"response": "no box \ud800", "gold": "1", "meta": {"k": [1, 2]}}),
-    ])
+    _write(
+        src,
+        [
+            json.dumps({"response": "so \\boxed{34}", "gold": "34", "id": 1}),
+            json.dumps({"response": "so \\boxed{34.}", "gold": 34, "id": 2}),
+            "{not json",
+            json.dumps({"response": "so \\boxed{1}"}),
+            "",
+            json.dumps({"response": "no box \ud800", "gold": "1", "meta": {"k": [1, 2]}}),
+        ],
+    )
     assert main(["--mode", "strict", "--input", str(src), "--output", str(dst)]) == 1
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     assert [(r["correct"], r["reward"], r["pred"], r["status"]) for r in out] == [
-        (True, 1.0, "34", "ok"), (False, -1.0, "34.", "ok"), (False, -1.0, None, "no_answer")]
+        (True, 1.0, "34", "ok"),
+        (False, -1.0, "34.", "ok"),
+        (False, -1.0, None, "no_answer"),
+    ]
     assert out[0]["id"] == 1 and out[2]["meta"] == {"k": [1, 2]}
     err = capsys.readouterr().err
     assert "line 3: not valid JSON" in err and "line 4: missing field 'gold'" in err
@@ -33,11 +39,17 @@ def test_strict_cli_scores_and_passes_fields_through(tmp_path, capsys):
 
 def test_robust_cli_uses_the_pool(tmp_path, capsys):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    _write(src, [json.dumps({"response": "so \\boxed{\\frac{1}{2}}", "gold": "0.5"}),
-                 json.dumps({"response": "so \\boxed{x^2-1}", "gold": "(x-1)(x+1)"}),
-                 json.dumps({"response": "so \\boxed{10^{10^{10}}}", "gold": "1"})])
-    assert main(["--mode", "robust", "--input", str(src), "--output", str(dst), "--workers", "1",
-                 "--timeout", "5"]) == 0
+    _write(
+        src,
+        [
+            json.dumps({"response": "so \\boxed{\\frac{1}{2}}", "gold": "0.5"}),
+            json.dumps({"response": "so \\boxed{x^2-1}", "gold": "(x-1)(x+1)"}),
+            json.dumps({"response": "so \\boxed{10^{10^{10}}}", "gold": "1"}),
+        ],
+    )
+    assert (
+        main(["--mode", "robust", "--input", str(src), "--output", str(dst), "--workers", "1", "--timeout", "5"]) == 0
+    )
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     assert [(r["correct"], r["status"]) for r in out] == [(True, "ok"), (True, "ok"), (False, "too_long")]
     assert "accuracy=0.6667" in capsys.readouterr().err

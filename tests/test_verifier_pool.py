@@ -26,8 +26,7 @@ SAMPLE_TIMEOUT_S = 2.0
 
 
 def _adversarial_cases() -> list[dict]:
-    return [c for c in load_cases()
-            if "max_seconds" in c and c["mode_hint"] in ("any", "robust") and not c["disputed"]]
+    return [c for c in load_cases() if "max_seconds" in c and c["mode_hint"] in ("any", "robust") and not c["disputed"]]
 
 
 ADVERSARIAL = _adversarial_cases()
@@ -51,8 +50,7 @@ def _wait_gone(pids, timeout: float = 5.0) -> bool:
 
 @pytest.fixture(scope="module")
 def verifier():
-    cfg = VerifierConfig(mode=VerifierMode.ROBUST, workers=2, sample_timeout_s=SAMPLE_TIMEOUT_S,
-                         batch_timeout_s=60.0)
+    cfg = VerifierConfig(mode=VerifierMode.ROBUST, workers=2, sample_timeout_s=SAMPLE_TIMEOUT_S, batch_timeout_s=60.0)
     with Verifier(cfg) as v:
         assert v.pool.wait_ready()  # startup (imports) is not part of any test's time limit
         yield v
@@ -121,8 +119,9 @@ def test_workers_are_cpu_only_capped_and_never_import_jax(verifier):
 
 def test_memory_cap_stops_a_runaway_allocation(verifier):
     over_cap = 2 * verifier.config.memory_limit_mb * 1024 * 1024
-    results = verifier.pool.submit([("allocate", (over_cap,)), ("allocate", (1024,)),
-                                    ("judge", ("\\frac{1}{2}", "0.5"))], 60).result(30)
+    results = verifier.pool.submit(
+        [("allocate", (over_cap,)), ("allocate", (1024,)), ("judge", ("\\frac{1}{2}", "0.5"))], 60
+    ).result(30)
     assert (results[0].ok, results[0].error) == (False, "MemoryError")
     assert results[1].ok and results[1].value == 1024
     assert results[2].value == (True, "ok")
@@ -136,7 +135,9 @@ def test_timed_out_samples_score_incorrect_and_are_not_cached():
         verifier.pool.wait_ready()
         verdicts = verifier.verify([slow, "\\boxed{3}"], ["(0, 1)", "3"])
         assert [(v.status, v.correct, v.reward) for v in verdicts] == [
-            (VerdictStatus.TIMEOUT, False, -1.0), (VerdictStatus.OK, True, 1.0)]  # the 2nd is settled inline
+            (VerdictStatus.TIMEOUT, False, -1.0),
+            (VerdictStatus.OK, True, 1.0),
+        ]  # the 2nd is settled inline
         assert verifier.pool.restarts == 1 and verifier.cache_hits == 0
         verdicts = verifier.verify([slow], ["(0, 1)"])  # not served from the cache: judged (and killed) again
         assert verdicts[0].status is VerdictStatus.TIMEOUT and verifier.cache_hits == 0
@@ -156,8 +157,10 @@ def test_async_submit_returns_at_once_and_matches_inline(verifier):
 
 def test_boxed_code_runs_nothing_in_the_workers(verifier, tmp_path):
     marker = tmp_path / "pwned"
-    responses = [f"so \\boxed{{__import__('os').system('touch {marker}')}}",
-                 f"so \\boxed{{exec(\"open('{marker}', 'w')\")}}"]
+    responses = [
+        f"so \\boxed{{__import__('os').system('touch {marker}')}}",
+        f"so \\boxed{{exec(\"open('{marker}', 'w')\")}}",
+    ]
     verdicts = verifier.verify(responses, ["0", "\\frac{1}{2}"])
     assert [v.correct for v in verdicts] == [False, False]
     assert not marker.exists()
@@ -243,8 +246,14 @@ def test_trainer_process_leaves_no_orphans(tmp_path, how):
     script = tmp_path / "trainer_like.py"
     script.write_text(_TRAINER_LIKE_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, str(script), {"ctrl-c": "with-jax"}.get(how, how)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), {"ctrl-c": "with-jax"}.get(how, how)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         line = proc.stdout.readline()
         assert line, proc.stderr.read()

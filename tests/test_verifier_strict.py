@@ -46,23 +46,26 @@ def test_strict_matches_expected_on_undisputed_cases(case):
     assert time.perf_counter() - start < case.get("max_seconds", 5.0)
 
 
-@pytest.mark.parametrize("response, gold, correct", [
-    ("so \\boxed{5}", "5", True),
-    ("so \\boxed{ 5}", "5", False),  # no stripping
-    ("so \\boxed{5.}", "5", False),
-    ("so \\boxed{05}", "5", False),  # no integer canonicalisation
-    ("so \\boxed{\\text{34}}", "34", False),
-    ("so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", True),
-    ("so \\boxed{5}" + "x" * 95, "5", False),  # the box starts before the last 100 characters
-    ("so \\boxed{5}" + "x" * 80, "5", True),
-    ("\\boxed{" + "1" * 93 + "}", "1" * 93, False),  # an answer over ~92 characters is lost
-    ("\\boxed{4} then \\boxed{5", "4", False),  # an incomplete last box: no fallback to an earlier one
-    ("\\boxed{4} then \\boxed{5}", "4", False),
-    ("\\boxed{{5}}", "{5}", True),  # braces are matched, content kept raw
-    ("no box at all", "5", False),
-    ("so \\boxed{5}", "$5$", True),  # gold pre-processing: $..$ removed
-    ("so \\boxed{5}", "  \\boxed{5} ", True),  # a boxed gold becomes its content
-])
+@pytest.mark.parametrize(
+    "response, gold, correct",
+    [
+        ("so \\boxed{5}", "5", True),
+        ("so \\boxed{ 5}", "5", False),  # no stripping
+        ("so \\boxed{5.}", "5", False),
+        ("so \\boxed{05}", "5", False),  # no integer canonicalisation
+        ("so \\boxed{\\text{34}}", "34", False),
+        ("so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", True),
+        ("so \\boxed{5}" + "x" * 95, "5", False),  # the box starts before the last 100 characters
+        ("so \\boxed{5}" + "x" * 80, "5", True),
+        ("\\boxed{" + "1" * 93 + "}", "1" * 93, False),  # an answer over ~92 characters is lost
+        ("\\boxed{4} then \\boxed{5", "4", False),  # an incomplete last box: no fallback to an earlier one
+        ("\\boxed{4} then \\boxed{5}", "4", False),
+        ("\\boxed{{5}}", "{5}", True),  # braces are matched, content kept raw
+        ("no box at all", "5", False),
+        ("so \\boxed{5}", "$5$", True),  # gold pre-processing: $..$ removed
+        ("so \\boxed{5}", "  \\boxed{5} ", True),  # a boxed gold becomes its content
+    ],
+)
 def test_strict_rule(response, gold, correct):
     assert strict_verdict(response, gold).correct is correct
 
@@ -89,9 +92,17 @@ def test_configurable_rewards():
     assert strict_verdict("nothing", "3", cfg).reward == 0.0
 
 
-@pytest.mark.parametrize("length, penalty", [
-    (0, 0.0), (11264, 0.0), (12288, -0.25), (13312, -0.5), (15360, -1.0), (16384, -1.25),
-])
+@pytest.mark.parametrize(
+    "length, penalty",
+    [
+        (0, 0.0),
+        (11264, 0.0),
+        (12288, -0.25),
+        (13312, -0.5),
+        (15360, -1.0),
+        (16384, -1.25),
+    ],
+)
 def test_overlong_penalty_follows_dapo_formula(length, penalty):
     overlong = OverlongConfig(max_response_len=15360, buffer_len=4096, penalty_factor=1.0)
     # DAPO: expected_len = max_len - L; penalty = min(-(len - expected_len) / L * factor, 0)
@@ -131,17 +142,20 @@ def test_verify_rejects_mismatched_inputs():
             verifier.verify(["a"], ["1"], [1, 2])
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"workers": 0}, "verifier.workers"),
-    ({"sample_timeout_s": -1.0}, "verifier.sample_timeout_s"),
-    ({"batch_timeout_s": 0}, "verifier.batch_timeout_s"),
-    ({"max_tasks_per_worker": 0}, "verifier.max_tasks_per_worker"),
-    ({"memory_limit_mb": 10}, "verifier.memory_limit_mb"),
-    ({"correct_reward": -1.0, "incorrect_reward": 1.0}, "verifier.correct_reward"),
-    ({"correct_reward": float("nan")}, "verifier.correct_reward"),
-    ({"mode": "strict"}, "verifier.mode"),
-    ({"max_answer_chars": 0}, "verifier.max_answer_chars"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"workers": 0}, "verifier.workers"),
+        ({"sample_timeout_s": -1.0}, "verifier.sample_timeout_s"),
+        ({"batch_timeout_s": 0}, "verifier.batch_timeout_s"),
+        ({"max_tasks_per_worker": 0}, "verifier.max_tasks_per_worker"),
+        ({"memory_limit_mb": 10}, "verifier.memory_limit_mb"),
+        ({"correct_reward": -1.0, "incorrect_reward": 1.0}, "verifier.correct_reward"),
+        ({"correct_reward": float("nan")}, "verifier.correct_reward"),
+        ({"mode": "strict"}, "verifier.mode"),
+        ({"max_answer_chars": 0}, "verifier.max_answer_chars"),
+    ],
+)
 def test_config_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         VerifierConfig(**kwargs)
@@ -155,10 +169,11 @@ def test_overlong_config_validation():
 
 
 def test_config_loads_from_plain_data():
-    from justrl_jax.config import from_dict
+    from justrl_jax.config_io import from_dict
 
-    cfg = from_dict(VerifierConfig, {"mode": "robust", "workers": 2, "overlong": {"max_response_len": 8192}},
-                    "verifier")
+    cfg = from_dict(
+        VerifierConfig, {"mode": "robust", "workers": 2, "overlong": {"max_response_len": 8192}}, "verifier"
+    )
     assert cfg.mode is VerifierMode.ROBUST and cfg.overlong.max_response_len == 8192
 
 
@@ -180,7 +195,6 @@ def test_importing_the_verifier_loads_neither_sympy_nor_jax():
     import subprocess
     import sys
 
-    code = ("import sys, justrl_jax.verifier, justrl_jax.verify; "
-            "print(sorted({'sympy', 'jax'} & set(sys.modules)))")
+    code = "import sys, justrl_jax.verifier, justrl_jax.verify; print(sorted({'sympy', 'jax'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -6,8 +6,9 @@ import json
 import os
 from pathlib import Path
 
-CASES_PATH = Path(os.environ.get("JUSTRL_VERIFIER_CASES",
-                                 Path(__file__).resolve().parents[2] / "shared" / "verifier_cases_dev.jsonl"))
+CASES_PATH = Path(
+    os.environ.get("JUSTRL_VERIFIER_CASES", Path(__file__).resolve().parents[2] / "shared" / "verifier_cases_dev.jsonl")
+)
 
 
 def load_cases() -> list[dict]:

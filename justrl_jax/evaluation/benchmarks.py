@@ -31,8 +31,7 @@ class BenchmarkSpec:
 
     def __post_init__(self):
         if not _NAME.match(self.name):
-            raise ValueError(f"benchmark.name must be lower-case letters, digits, '-' or '_', "
-                             f"got {self.name!r}")
+            raise ValueError(f"benchmark.name must be lower-case letters, digits, '-' or '_', got {self.name!r}")
         if not self.title.strip():
             raise ValueError(f"benchmark.title of {self.name!r} must be non-empty")
         if self.n_samples < 1:
@@ -104,8 +103,12 @@ def candidate_paths(data_dir: str | Path, spec: BenchmarkSpec) -> list[Path]:
     root = Path(data_dir)
     out: list[Path] = []
     for stem in spec.stems():
-        out += [root / stem / "test.parquet", root / stem / "test.jsonl", root / f"{stem}.jsonl",
-                root / f"{stem}.parquet"]
+        out += [
+            root / stem / "test.parquet",
+            root / stem / "test.jsonl",
+            root / f"{stem}.jsonl",
+            root / f"{stem}.parquet",
+        ]
     return out
 
 
@@ -132,5 +135,4 @@ def find_benchmark_file(data_dir: str | Path, spec: BenchmarkSpec) -> Path:
         if found.is_file():
             return found
     listing = "\n  ".join(str(p) for p in tried)
-    raise FileNotFoundError(f"benchmark {spec.name!r}: no data file found under {root}; tried (any case):"
-                            f"\n  {listing}")
+    raise FileNotFoundError(f"benchmark {spec.name!r}: no data file found under {root}; tried (any case):\n  {listing}")

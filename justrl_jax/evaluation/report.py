@@ -75,18 +75,20 @@ def correct_counts(records: Iterable[SampleRecord], n_problems: int, n_samples: 
     counts = [0] * n_problems
     for r in records:
         if not (0 <= r.problem_index < n_problems and 0 <= r.sample_index < n_samples):
-            raise ValueError(f"{r.benchmark}: record (problem {r.problem_index}, sample {r.sample_index}) is "
-                             f"outside {n_problems} problems x {n_samples} samples")
+            raise ValueError(
+                f"{r.benchmark}: record (problem {r.problem_index}, sample {r.sample_index}) is "
+                f"outside {n_problems} problems x {n_samples} samples"
+            )
         if r.key in seen:
-            raise ValueError(f"{r.benchmark}: (problem {r.problem_index}, sample {r.sample_index}) "
-                             "appears twice")
+            raise ValueError(f"{r.benchmark}: (problem {r.problem_index}, sample {r.sample_index}) appears twice")
         seen.add(r.key)
         counts[r.problem_index] += bool(r.correct)
     expected = n_problems * n_samples
     if len(seen) != expected:
         missing = next((i, j) for i in range(n_problems) for j in range(n_samples) if (i, j) not in seen)
-        raise ValueError(f"have {len(seen)} of {expected} samples; e.g. (problem {missing[0]}, "
-                         f"sample {missing[1]}) is missing")
+        raise ValueError(
+            f"have {len(seen)} of {expected} samples; e.g. (problem {missing[0]}, sample {missing[1]}) is missing"
+        )
     return counts
 
 
@@ -162,9 +164,11 @@ def write_report(report: EvalReport, out_dir: str | Path, label: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     md = out / "results.md"
     js = out / "summary.json"
-    text = (f"# Evaluation of {label or report.model}\n\navg@N (pass@1 averaged over N samples), x100\n\n"
-            f"{markdown_table(report, label)}\nUnbiased pass@k (Chen et al. 2021), x100\n\n"
-            f"{pass_at_k_table(report)}")
+    text = (
+        f"# Evaluation of {label or report.model}\n\navg@N (pass@1 averaged over N samples), x100\n\n"
+        f"{markdown_table(report, label)}\nUnbiased pass@k (Chen et al. 2021), x100\n\n"
+        f"{pass_at_k_table(report)}"
+    )
     for path, content in ((md, text), (js, json.dumps(summary(report), indent=1) + "\n")):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(content)

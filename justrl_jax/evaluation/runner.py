@@ -39,7 +39,7 @@ from flax import nnx
 
 from justrl_jax.data import collate, encode_examples
 from justrl_jax.evaluation.benchmarks import VALIDATION_BENCHMARKS, BenchmarkSpec, find_benchmark_file
-from justrl_jax.evaluation.config import EvalConfig
+from justrl_jax.evaluation.eval_config import EvalConfig
 from justrl_jax.evaluation.report import EvalReport, score_benchmark, write_report
 from justrl_jax.evaluation.samples import SampleRecord, SampleStore
 from justrl_jax.prompts import PromptExample, PromptFormat, load_examples
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 
 # --- benchmark data ------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
@@ -69,8 +70,9 @@ class Benchmark:
         return digest.hexdigest()[:16]
 
 
-def load_benchmarks(data_dir: str | Path, specs: Sequence[BenchmarkSpec], *,
-                    max_problems: int | None = None) -> tuple[Benchmark, ...]:
+def load_benchmarks(
+    data_dir: str | Path, specs: Sequence[BenchmarkSpec], *, max_problems: int | None = None
+) -> tuple[Benchmark, ...]:
     """Finds every benchmark's file first (so a missing one fails before any reading or compiling),
     then reads them. Problems and golds are stripped of surrounding whitespace, as JustRL's
     ``evals/gen_vllm.py`` does."""
@@ -87,6 +89,7 @@ def load_benchmarks(data_dir: str | Path, specs: Sequence[BenchmarkSpec], *,
 
 # --- units and seeds -----------------------------------------------------------------------------
 
+
 def sample_seed(seed: int, benchmark: str, sample_index: int, problem_index: int) -> int:
     """A 31-bit seed from (seed, benchmark, sample, problem): stable across Python runs and hosts."""
     text = f"{seed}/{benchmark}/{sample_index}/{problem_index}".encode()
@@ -101,18 +104,18 @@ class Unit:
     seed: int
 
 
-def plan_units(benchmark: str, n_problems: int, n_samples: int, batch_size: int,
-               seed: int) -> tuple[Unit, ...]:
+def plan_units(benchmark: str, n_problems: int, n_samples: int, batch_size: int, seed: int) -> tuple[Unit, ...]:
     """The benchmark's pairs, sample-major, cut into units of ``batch_size`` (see the module docstring)."""
     pairs = [(i, j) for j in range(n_samples) for i in range(n_problems)]
     units = []
     for start in range(0, len(pairs), batch_size):
-        chunk = tuple(pairs[start:start + batch_size])
+        chunk = tuple(pairs[start : start + batch_size])
         units.append(Unit(chunk, sample_seed(seed, benchmark, chunk[0][1], chunk[0][0])))
     return tuple(units)
 
 
 # --- generation ----------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
@@ -127,8 +130,17 @@ _FINISH_NAMES = {FinishReason.EOS.value: "stop", FinishReason.LENGTH.value: "len
 class CompletionGenerator:
     """Token prompts -> decoded completions, always ``rows`` rows per call (one compiled shape)."""
 
-    def __init__(self, graphdef, tokenizer, *, rows: int, sampler_config: SamplerConfig,
-                 eos_ids: Sequence[int], mesh=None, bucket_multiple: int = 64):
+    def __init__(
+        self,
+        graphdef,
+        tokenizer,
+        *,
+        rows: int,
+        sampler_config: SamplerConfig,
+        eos_ids: Sequence[int],
+        mesh=None,
+        bucket_multiple: int = 64,
+    ):
         if rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows}")
         if tokenizer.pad_token_id is None:
@@ -137,11 +149,11 @@ class CompletionGenerator:
         self.rows = rows
         self.bucket_multiple = bucket_multiple
         self.pad_id = int(tokenizer.pad_token_id)
-        self.sampler = Sampler(graphdef, sampler_config, mesh=mesh, eos_ids=tuple(eos_ids),
-                               pad_id=self.pad_id)
+        self.sampler = Sampler(graphdef, sampler_config, mesh=mesh, eos_ids=tuple(eos_ids), pad_id=self.pad_id)
 
-    def generate(self, params, examples: Sequence[PromptExample], token_ids: Sequence[Sequence[int]],
-                 seed: int) -> list[Completion]:
+    def generate(
+        self, params, examples: Sequence[PromptExample], token_ids: Sequence[Sequence[int]], seed: int
+    ) -> list[Completion]:
         """One sample per given prompt (at most ``rows``); row r draws from ``fold_in(key(seed), r)``."""
         real = len(examples)
         if not 1 <= real <= self.rows:
@@ -149,19 +161,24 @@ class CompletionGenerator:
         # Repeats of the last prompt keep the batch shape (no recompile for a short last unit); their
         # outputs are dropped. Per-row keys make the real rows independent of the filler.
         fill = self.rows - real
-        batch = collate(list(examples) + [examples[-1]] * fill, list(token_ids) + [token_ids[-1]] * fill,
-                        self.pad_id, bucket_multiple=self.bucket_multiple)
+        batch = collate(
+            list(examples) + [examples[-1]] * fill,
+            list(token_ids) + [token_ids[-1]] * fill,
+            self.pad_id,
+            bucket_multiple=self.bucket_multiple,
+        )
         rollout = self.sampler.generate(params, batch.prompt_ids, batch.prompt_mask, n=1, key=seed)
         lengths = np.asarray(rollout.lengths)[:real]
         ids = np.asarray(rollout.completion_ids)[:real]
         finish = np.asarray(rollout.finish)[:real]
-        texts = self.tokenizer.batch_decode([row[:n] for row, n in zip(ids, lengths, strict=True)],
-                                            skip_special_tokens=True)
-        return [Completion(t, int(n), _FINISH_NAMES[int(f)])
-                for t, n, f in zip(texts, lengths, finish, strict=True)]
+        texts = self.tokenizer.batch_decode(
+            [row[:n] for row, n in zip(ids, lengths, strict=True)], skip_special_tokens=True
+        )
+        return [Completion(t, int(n), _FINISH_NAMES[int(f)]) for t, n, f in zip(texts, lengths, finish, strict=True)]
 
 
 # --- one benchmark -------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class _Budget:
@@ -177,11 +194,18 @@ class _Budget:
             self.left -= n
 
 
-def run_benchmark(generator: CompletionGenerator, params, verifier: Verifier, benchmark: Benchmark, *,
-                  prompt_format: PromptFormat, seed: int,
-                  done: dict[tuple[int, int], SampleRecord] | None = None,
-                  write: Callable[[list[SampleRecord]], None] | None = None,
-                  budget: _Budget | None = None) -> list[SampleRecord]:
+def run_benchmark(
+    generator: CompletionGenerator,
+    params,
+    verifier: Verifier,
+    benchmark: Benchmark,
+    *,
+    prompt_format: PromptFormat,
+    seed: int,
+    done: dict[tuple[int, int], SampleRecord] | None = None,
+    write: Callable[[list[SampleRecord]], None] | None = None,
+    budget: _Budget | None = None,
+) -> list[SampleRecord]:
     """Generates and verifies every (problem, sample) pair of ``benchmark`` not in ``done``.
 
     A unit's records go to ``write`` (if given) once its verdicts are in, which is after the next
@@ -199,11 +223,22 @@ def run_benchmark(generator: CompletionGenerator, params, verifier: Verifier, be
         unit, todo, completions, verdicts = pending
         records = []
         for (i, j), completion, verdict in zip(todo, completions, verdicts.result(), strict=True):
-            records.append(SampleRecord(
-                benchmark=spec.name, problem_index=i, sample_index=j, seed=unit.seed,
-                response=completion.text, prediction=verdict.pred, verdict=verdict.status.value,
-                correct=bool(verdict.correct), reward=float(verdict.reward), length=completion.length,
-                finish_reason=completion.finish_reason, gold=examples[i].gold))
+            records.append(
+                SampleRecord(
+                    benchmark=spec.name,
+                    problem_index=i,
+                    sample_index=j,
+                    seed=unit.seed,
+                    response=completion.text,
+                    prediction=verdict.pred,
+                    verdict=verdict.status.value,
+                    correct=bool(verdict.correct),
+                    reward=float(verdict.reward),
+                    length=completion.length,
+                    finish_reason=completion.finish_reason,
+                    gold=examples[i].gold,
+                )
+            )
         if write is not None:
             write(records)
         new.extend(records)
@@ -216,12 +251,14 @@ def run_benchmark(generator: CompletionGenerator, params, verifier: Verifier, be
         if budget.exhausted():
             break
         t = time.perf_counter()
-        completions = generator.generate(params, [examples[i] for i, _ in unit.pairs],
-                                         [token_ids[i] for i, _ in unit.pairs], unit.seed)
+        completions = generator.generate(
+            params, [examples[i] for i, _ in unit.pairs], [token_ids[i] for i, _ in unit.pairs], unit.seed
+        )
         todo = [unit.pairs[k] for k in todo_index]
         kept = [completions[k] for k in todo_index]
-        verdicts = verifier.submit([c.text for c in kept], [examples[i].gold for i, _ in todo],
-                                   response_lengths=[c.length for c in kept])
+        verdicts = verifier.submit(
+            [c.text for c in kept], [examples[i].gold for i, _ in todo], response_lengths=[c.length for c in kept]
+        )
         log.info("%s: generated %d samples in %.1fs", spec.name, len(unit.pairs), time.perf_counter() - t)
         budget.spend(len(todo))
         if pending is not None:
@@ -233,6 +270,7 @@ def run_benchmark(generator: CompletionGenerator, params, verifier: Verifier, be
 
 
 # --- the evaluation ------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkProgress:
@@ -256,16 +294,29 @@ class EvalOutcome:
 
 
 def sampler_config(cfg: EvalConfig) -> SamplerConfig:
-    return SamplerConfig(max_new_tokens=cfg.max_new_tokens,
-                         strategy=strategy_for(cfg.temperature, cfg.top_p, cfg.top_k),
-                         prompt_bucket=cfg.bucket_multiple,
-                         kv_cache_budget_bytes=int(cfg.kv_cache_budget_gb * 2**30) or None,
-                         decode_chunk=cfg.decode_chunk)
+    return SamplerConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        strategy=strategy_for(cfg.temperature, cfg.top_p, cfg.top_k),
+        prompt_bucket=cfg.bucket_multiple,
+        kv_cache_budget_bytes=int(cfg.kv_cache_budget_gb * 2**30) or None,
+        decode_chunk=cfg.decode_chunk,
+    )
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig, data_dir: str | Path, out_dir: str | Path, *,
-             eos_ids: Sequence[int], mesh=None, model_name: str = "model", label: str | None = None,
-             extra_meta: dict | None = None, max_samples: int | None = None) -> EvalOutcome:
+def evaluate(
+    model,
+    tokenizer,
+    cfg: EvalConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    eos_ids: Sequence[int],
+    mesh=None,
+    model_name: str = "model",
+    label: str | None = None,
+    extra_meta: dict | None = None,
+    max_samples: int | None = None,
+) -> EvalOutcome:
     """Runs (or resumes) an evaluation; writes the per-sample JSONL, results.md and summary.json.
 
     ``model`` is an NNX Qwen2 (e.g. ``load_policy(...).model``); ``model_name`` and ``extra_meta``
@@ -281,9 +332,15 @@ def evaluate(model, tokenizer, cfg: EvalConfig, data_dir: str | Path, out_dir: s
     for b in benchmarks:  # refuse a mismatched resume before compiling anything
         stores[b.spec.name].check_meta(_meta(cfg, b, model_name, extra_meta))
     graphdef, params = nnx.split(model, nnx.Param)  # a model with other state is an error here
-    generator = CompletionGenerator(graphdef, tokenizer, rows=cfg.batch_size,
-                                    sampler_config=sampler_config(cfg), eos_ids=eos_ids, mesh=mesh,
-                                    bucket_multiple=cfg.bucket_multiple)
+    generator = CompletionGenerator(
+        graphdef,
+        tokenizer,
+        rows=cfg.batch_size,
+        sampler_config=sampler_config(cfg),
+        eos_ids=eos_ids,
+        mesh=mesh,
+        bucket_multiple=cfg.bucket_multiple,
+    )
     budget = _Budget(max_samples)
     progress = []
     with Verifier(cfg.verifier) as verifier:
@@ -291,11 +348,19 @@ def evaluate(model, tokenizer, cfg: EvalConfig, data_dir: str | Path, out_dir: s
             store = stores[b.spec.name]
             done = store.load()
             total = len(b.examples) * b.spec.n_samples
-            new = run_benchmark(generator, params, verifier, b, prompt_format=cfg.prompt_format,
-                                seed=cfg.seed, done=done, write=store.append, budget=budget)
+            new = run_benchmark(
+                generator,
+                params,
+                verifier,
+                b,
+                prompt_format=cfg.prompt_format,
+                seed=cfg.seed,
+                done=done,
+                write=store.append,
+                budget=budget,
+            )
             progress.append(BenchmarkProgress(b.spec.name, total, len(done), len(new)))
-            log.info("%s: %d of %d samples were on disk, %d generated", b.spec.name, len(done), total,
-                     len(new))
+            log.info("%s: %d of %d samples were on disk, %d generated", b.spec.name, len(done), total, len(new))
     complete = all(p.found + p.generated >= p.total for p in progress)
     if not complete:
         return EvalOutcome(None, tuple(progress), out)
@@ -325,24 +390,42 @@ def _meta(cfg: EvalConfig, benchmark: Benchmark, model_name: str, extra: dict | 
         "batch_size": cfg.batch_size,
         "bucket_multiple": cfg.bucket_multiple,
         "prompt_format": cfg.prompt_format.value,
-        "verifier": {"mode": cfg.verifier.mode.value, "correct_reward": cfg.verifier.correct_reward,
-                     "incorrect_reward": cfg.verifier.incorrect_reward},
+        "verifier": {
+            "mode": cfg.verifier.mode.value,
+            "correct_reward": cfg.verifier.correct_reward,
+            "incorrect_reward": cfg.verifier.incorrect_reward,
+        },
     }
 
 
 # --- in-training validation ----------------------------------------------------------------------
 
-def validation_eval_config(*, benchmarks: Sequence[str] = VALIDATION_BENCHMARKS, n_samples: int | None = 32,
-                           max_new_tokens: int = 31744, temperature: float = 0.7, top_p: float = 0.9,
-                           batch_size: int = 64, kv_cache_budget_gb: float = 0.0,
-                           seed: int = 0) -> EvalConfig:
+
+def validation_eval_config(
+    *,
+    benchmarks: Sequence[str] = VALIDATION_BENCHMARKS,
+    n_samples: int | None = 32,
+    max_new_tokens: int = 31744,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    batch_size: int = 64,
+    kv_cache_budget_gb: float = 0.0,
+    seed: int = 0,
+) -> EvalConfig:
     """JustRL's veRL validation as an EvalConfig: the training prompt format (boxed suffix after
     "\\n\\n"), robust scoring with reward 1/0 (the recipe's veRL validation used math-verify, 1/0)."""
-    return EvalConfig(benchmarks=tuple(benchmarks), n_samples=n_samples, max_new_tokens=max_new_tokens,
-                      temperature=temperature, top_p=top_p, batch_size=batch_size,
-                      kv_cache_budget_gb=kv_cache_budget_gb, seed=seed, prompt_format=PromptFormat.TRAIN,
-                      verifier=VerifierConfig(mode=VerifierMode.ROBUST, correct_reward=1.0,
-                                              incorrect_reward=0.0))
+    return EvalConfig(
+        benchmarks=tuple(benchmarks),
+        n_samples=n_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        kv_cache_budget_gb=kv_cache_budget_gb,
+        seed=seed,
+        prompt_format=PromptFormat.TRAIN,
+        verifier=VerifierConfig(mode=VerifierMode.ROBUST, correct_reward=1.0, incorrect_reward=0.0),
+    )
 
 
 class Validator:
@@ -357,13 +440,20 @@ class Validator:
         metrics = validator(state.params)   # {'val/aime24/avg@32': ..., 'val/mean': ...}
     """
 
-    def __init__(self, graphdef, tokenizer, cfg: EvalConfig, data_dir: str | Path, *, eos_ids: Sequence[int],
-                 mesh=None):
+    def __init__(
+        self, graphdef, tokenizer, cfg: EvalConfig, data_dir: str | Path, *, eos_ids: Sequence[int], mesh=None
+    ):
         self.cfg = cfg
         self.benchmarks = load_benchmarks(data_dir, cfg.specs(), max_problems=cfg.max_problems)
-        self.generator = CompletionGenerator(graphdef, tokenizer, rows=cfg.batch_size,
-                                             sampler_config=sampler_config(cfg), eos_ids=eos_ids, mesh=mesh,
-                                             bucket_multiple=cfg.bucket_multiple)
+        self.generator = CompletionGenerator(
+            graphdef,
+            tokenizer,
+            rows=cfg.batch_size,
+            sampler_config=sampler_config(cfg),
+            eos_ids=eos_ids,
+            mesh=mesh,
+            bucket_multiple=cfg.bucket_multiple,
+        )
 
     def __call__(self, params) -> dict[str, float]:
         """``val/<name>/avg@N``, ``val/<name>/pass@N`` and ``val/<name>/length_mean`` per benchmark,
@@ -372,8 +462,9 @@ class Validator:
         scores = []
         with Verifier(self.cfg.verifier) as verifier:
             for b in self.benchmarks:
-                records = run_benchmark(self.generator, params, verifier, b,
-                                        prompt_format=self.cfg.prompt_format, seed=self.cfg.seed)
+                records = run_benchmark(
+                    self.generator, params, verifier, b, prompt_format=self.cfg.prompt_format, seed=self.cfg.seed
+                )
                 score = score_benchmark(b.spec, records, len(b.examples))
                 n = b.spec.n_samples
                 metrics[f"val/{b.spec.name}/avg@{n}"] = score.avg_at_n
@@ -400,10 +491,16 @@ def validate(loop, cfg) -> dict[str, float]:
         r = loop.cfg.rollout
         rows = max(1, min(r.sequences, r.sequences * r.max_new_tokens // cfg.max_new_tokens))
         eval_cfg = validation_eval_config(
-            benchmarks=cfg.benchmarks, n_samples=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, batch_size=rows,
-            kv_cache_budget_gb=r.kv_cache_budget_gb)
-        validator = Validator(loop.graphdef, loop.tokenizer, eval_cfg, cfg.data_dir,
-                              eos_ids=loop.policy.eos_ids, mesh=loop.mesh)
+            benchmarks=cfg.benchmarks,
+            n_samples=cfg.n_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            batch_size=rows,
+            kv_cache_budget_gb=r.kv_cache_budget_gb,
+        )
+        validator = Validator(
+            loop.graphdef, loop.tokenizer, eval_cfg, cfg.data_dir, eos_ids=loop.policy.eos_ids, mesh=loop.mesh
+        )
         _VALIDATORS[loop] = validator
     return validator(loop.state.params)

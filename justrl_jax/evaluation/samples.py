@@ -79,14 +79,17 @@ class SampleStore:
             try:
                 old = json.loads(self.meta_path.read_text())
             except json.JSONDecodeError as e:
-                raise ValueError(f"{self.meta_path} is not valid JSON ({e}); delete it and "
-                                 f"{self.path.name} to start {self.benchmark} afresh") from e
+                raise ValueError(
+                    f"{self.meta_path} is not valid JSON ({e}); delete it and "
+                    f"{self.path.name} to start {self.benchmark} afresh"
+                ) from e
             for key in sorted(set(old) | set(meta)):
                 if old.get(key) != meta.get(key):
                     raise ValueError(
                         f"{self.path} was written with {key}={old.get(key)!r}, this run asks for "
                         f"{key}={meta.get(key)!r}; resuming would mix two evaluations: use another --out "
-                        f"or delete {self.path.name} and {self.meta_path.name}")
+                        f"or delete {self.path.name} and {self.meta_path.name}"
+                    )
             return
         if self.path.exists() and self.path.stat().st_size > 0:
             raise ValueError(f"{self.path} exists without {self.meta_path.name}: cannot tell how it was made")
@@ -114,12 +117,10 @@ class SampleStore:
                     # a multi-block line. Treat it like a cut tail.
                     tail = line
                     break
-                raise ValueError(f"{where}: not a JSON line ({e}); only the last line may be "
-                                 "truncated") from e
+                raise ValueError(f"{where}: not a JSON line ({e}); only the last line may be truncated") from e
             record = SampleRecord.from_dict(data, where)
             if record.benchmark != self.benchmark:
-                raise ValueError(f"{where}: record of benchmark {record.benchmark!r} in the file of "
-                                 f"{self.benchmark!r}")
+                raise ValueError(f"{where}: record of benchmark {record.benchmark!r} in the file of {self.benchmark!r}")
             records[record.key] = record  # a chunk regenerated after a cut line may repeat a key
             good_bytes += len(line) + 1
         if tail:

@@ -13,11 +13,11 @@ Public API::
 Importing this package loads neither SymPy nor JAX; SymPy is imported by robust judging only.
 """
 
-from justrl_jax.verifier.config import OverlongConfig, VerifierConfig, VerifierMode
 from justrl_jax.verifier.robust import robust_verdict
+from justrl_jax.verifier.scoring import PendingVerdicts, Verifier
 from justrl_jax.verifier.strict import strict_verdict
 from justrl_jax.verifier.verdict import Verdict, VerdictStatus
-from justrl_jax.verifier.verifier import PendingVerdicts, Verifier
+from justrl_jax.verifier.verifier_config import OverlongConfig, VerifierConfig, VerifierMode
 
 __all__ = [
     "OverlongConfig",

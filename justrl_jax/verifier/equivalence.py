@@ -30,11 +30,13 @@ APPROX_RTOL = sympy.Float("1e-6")
 EXACT_RTOL = sympy.Float("1e-25")
 _DIGITS = 40
 # Irrational-looking points away from 0, 1 and the usual singularities.
-_POINTS = (sympy.Float("0.7390851332151606416553120876738734040134", _DIGITS),
-           sympy.Float("1.3247179572447460259609088544780973407344", _DIGITS),
-           sympy.Float("2.2360679774997896964091736687312762354406", _DIGITS),
-           sympy.Float("0.4142135623730950488016887242096980785697", _DIGITS),
-           sympy.Float("1.7724538509055160272981674833411451827975", _DIGITS))
+_POINTS = (
+    sympy.Float("0.7390851332151606416553120876738734040134", _DIGITS),
+    sympy.Float("1.3247179572447460259609088544780973407344", _DIGITS),
+    sympy.Float("2.2360679774997896964091736687312762354406", _DIGITS),
+    sympy.Float("0.4142135623730950488016887242096980785697", _DIGITS),
+    sympy.Float("1.7724538509055160272981674833411451827975", _DIGITS),
+)
 _MAX_SIMPLIFY_OPS = 300
 _MAX_ITEMS = 256
 _INEQUALITY_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
@@ -45,8 +47,9 @@ def equivalent(pred, gold) -> bool:
     labelled_p, labelled_g = _labelled(pred), _labelled(gold)
     if labelled_p is not None and labelled_g is not None:
         # "a = 1, b = 2" against "b = 1, a = 2": the labels must match, not just the values.
-        return _unordered_by(labelled_p, labelled_g,
-                             lambda x, y: _equal(x[0], y[0]) and _equal(value_of(x[1]), value_of(y[1])))
+        return _unordered_by(
+            labelled_p, labelled_g, lambda x, y: _equal(x[0], y[0]) and _equal(value_of(x[1]), value_of(y[1]))
+        )
     for p in _readings(pred):
         for g in _readings(gold):
             if _equal(p, g):
@@ -57,14 +60,14 @@ def equivalent(pred, gold) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Readings: what an answer means as a value.
 
+
 def _readings(node) -> list:
     value = value_of(node)
     return [value] if value == node else [value, node]
 
 
 def _is_constant(value) -> bool:
-    return (isinstance(value, sympy.Basic) and not isinstance(value, sympy.MatrixBase)
-            and not value.free_symbols)
+    return isinstance(value, sympy.Basic) and not isinstance(value, sympy.MatrixBase) and not value.free_symbols
 
 
 def is_label(node) -> bool:
@@ -80,9 +83,11 @@ def is_label(node) -> bool:
     if isinstance(node, AppliedUndef):
         return True
     if isinstance(node, sympy.Mul):
-        return all(isinstance(a, sympy.Symbol)
-                   or (isinstance(a, sympy.Pow) and isinstance(a.base, sympy.Symbol) and a.exp in (1, -1))
-                   for a in node.args)
+        return all(
+            isinstance(a, sympy.Symbol)
+            or (isinstance(a, sympy.Pow) and isinstance(a.base, sympy.Symbol) and a.exp in (1, -1))
+            for a in node.args
+        )
     return False
 
 
@@ -163,6 +168,7 @@ def _from_sympy_set(value):
 
 # ---------------------------------------------------------------------------------------------
 # Structural comparison
+
 
 def _equal(a, b) -> bool:
     if isinstance(a, sympy.Basic) and isinstance(b, sympy.Basic):
@@ -250,18 +256,15 @@ def _items_equal(a: Items, b: Items) -> bool:
     if a.kind is ItemsKind.TUPLE or b.kind is ItemsKind.TUPLE or ordered:
         if not (a.kind is b.kind or ordered):
             # (a, b) read as an open interval against a set of pieces is handled by _sets_equal
-            return (_as_interval(a) is not None and _as_interval(b) is not None
-                    and _sets_equal(a, b))
-        return len(a.items) == len(b.items) and all(
-            _equal(x, y) for x, y in zip(a.items, b.items, strict=True))
+            return _as_interval(a) is not None and _as_interval(b) is not None and _sets_equal(a, b)
+        return len(a.items) == len(b.items) and all(_equal(x, y) for x, y in zip(a.items, b.items, strict=True))
     return _unordered(_expand_pm_items(a.items), _expand_pm_items(b.items))
 
 
 def _as_interval(node):
     if isinstance(node, Interval):
         return node
-    if (isinstance(node, Items) and node.kind is ItemsKind.TUPLE and node.brackets == "()"
-            and len(node.items) == 2):
+    if isinstance(node, Items) and node.kind is ItemsKind.TUPLE and node.brackets == "()" and len(node.items) == 2:
         lo, hi = node.items
         if isinstance(lo, sympy.Basic) and isinstance(hi, sympy.Basic):
             return Interval(lo, hi, True, True)
@@ -302,8 +305,12 @@ def _sets_equal(a, b) -> bool:
 
 def _piece_equal(a, b) -> bool:
     if isinstance(a, Interval) and isinstance(b, Interval):
-        return (a.lo_open == b.lo_open and a.hi_open == b.hi_open
-                and _values_equal(a.lo, b.lo) and _values_equal(a.hi, b.hi))
+        return (
+            a.lo_open == b.lo_open
+            and a.hi_open == b.hi_open
+            and _values_equal(a.lo, b.lo)
+            and _values_equal(a.hi, b.hi)
+        )
     if isinstance(a, Items) and isinstance(b, Items):
         return _items_equal(a, b)
     return False
@@ -311,6 +318,7 @@ def _piece_equal(a, b) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Relations
+
 
 def _difference(relation: Relation):
     left, right = relation.parts
@@ -376,6 +384,7 @@ def _proportional(a, b, positive: bool) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Values
+
 
 def _values_equal(a, b) -> bool:
     if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
@@ -486,4 +495,3 @@ def _simplify_is_zero(diff) -> bool:
         return True
     simplified = _simplify(diff)
     return simplified is not None and simplified == 0
-

@@ -51,7 +51,7 @@ def strict_box(response: str) -> str | None:
         else:
             depth -= 1
             if depth == 0:
-                return window[start + len(_STRICT_BOX):m.start()]
+                return window[start + len(_STRICT_BOX) : m.start()]
     return None
 
 
@@ -62,7 +62,7 @@ def _strip_delimiters(text: str) -> str:
         changed = False
         for left, right in _GOLD_DELIMITERS:
             if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
-                inner = text[len(left):len(text) - len(right)]
+                inner = text[len(left) : len(text) - len(right)]
                 # "$a$ and $b$" is not one delimited block: the inner text must not reopen it.
                 if left == "$" and "$" in inner:
                     continue
@@ -87,12 +87,13 @@ def clean_gold(gold: str) -> str:
             elif text[i] == "}":
                 depth -= 1
                 if depth == 0:
-                    return _strip_delimiters(text[start + len(_STRICT_BOX):i])
+                    return _strip_delimiters(text[start + len(_STRICT_BOX) : i])
     return text
 
 
 # ----------------------------------------------------------------------------------------------
 # Robust extraction
+
 
 class AnswerSource(enum.Enum):
     BOX = "box"  # the last complete \boxed{} / \fbox{} (or a group of joined boxes)
@@ -122,7 +123,8 @@ _MAX_STATEMENT_CHARS = 2000
 # punctuation and "y_2 =" style labels, but no other words or digits.
 _CONNECTOR_PIECES = re.compile(
     r"\\(?:quad|qquad|text\s*\{\s*(?:and|or|,)?\s*\}|mathrm\s*\{\s*(?:and|or)\s*\}|[,;:! ()\[\]])"
-    r"|\b(?:and|or)\b|[A-Za-z](?:_\{?[A-Za-z0-9]{1,6}\}?)?\s*=|\$|\s")
+    r"|\b(?:and|or)\b|[A-Za-z](?:_\{?[A-Za-z0-9]{1,6}\}?)?\s*=|\$|\s"
+)
 _MAX_SEPARATOR_CHARS = 60
 
 
@@ -182,7 +184,7 @@ def _joined_tail(boxes: list[_Box], text: str) -> list[_Box]:
     """The longest run of boxes at the end of ``boxes`` separated only by connectors."""
     run = [boxes[-1]]
     for prev in reversed(boxes[:-1]):
-        if not _is_connector(text[prev.end:run[0].start]):
+        if not _is_connector(text[prev.end : run[0].start]):
             break
         run.insert(0, prev)
     return run
@@ -197,7 +199,7 @@ def _math_mask(text: str, inside_dollar: bool = False) -> list[bool]:
     while i < len(text):
         if closing is None:
             for opening, close in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
-                if text.startswith(opening, i) and not (opening[0] == "$" and text[i - 1:i] == "\\"):
+                if text.startswith(opening, i) and not (opening[0] == "$" and text[i - 1 : i] == "\\"):
                     closing = close
                     for k in range(i, min(i + len(opening), len(text))):
                         mask[k] = True
@@ -206,7 +208,7 @@ def _math_mask(text: str, inside_dollar: bool = False) -> list[bool]:
             else:
                 i += 1
             continue
-        if text.startswith(closing, i) and (closing != "$" or text[i - 1:i] != "\\"):
+        if text.startswith(closing, i) and (closing != "$" or text[i - 1 : i] != "\\"):
             for k in range(i, min(i + len(closing), len(text))):
                 mask[k] = True
             i += len(closing)
@@ -236,9 +238,9 @@ def answer_region(response: str) -> str:
     """The part of a response that may hold the final answer: after the last ``</think>``, before
     the first chat special token."""
     cut = response.rfind(_THINK_END)
-    text = response[cut + len(_THINK_END):] if cut >= 0 else response
+    text = response[cut + len(_THINK_END) :] if cut >= 0 else response
     special = _SPECIAL_TOKEN.search(text)
-    return text[:special.start()] if special else text
+    return text[: special.start()] if special else text
 
 
 def final_answer(response: str, gold_items: int = 1) -> Extraction:
@@ -263,7 +265,7 @@ def final_answer(response: str, gold_items: int = 1) -> Extraction:
         last = m
     if last is not None:
         # Markdown around the statement ("**Final Answer**", "### Answer:") is not the answer.
-        statement = _sentence(text[last.end():].lstrip(" *#:_\t")).strip(" *#_\t\n")
+        statement = _sentence(text[last.end() :].lstrip(" *#:_\t")).strip(" *#_\t\n")
         statement_start = last.start()
     if statement and statement_start >= box_end:
         return Extraction(statement, AnswerSource.STATEMENT)
@@ -306,7 +308,7 @@ def _conclusion(text: str) -> str | None:
         if not mask[i] and (body[i] == "\n" or (body[i] in ".!?" and body[i + 1].isspace())):
             return None
     sentence = body[start:]
-    sentence = sentence[_CONCLUSION_WORD.match(sentence).end():].strip()
+    sentence = sentence[_CONCLUSION_WORD.match(sentence).end() :].strip()
     segments = list(_MATH_SEGMENT.finditer(sentence))
     plain = _MATH_SEGMENT.sub(" ", sentence)
     if len(segments) + len(_CONCLUSION_NUMBER.findall(plain)) != 1:
@@ -321,15 +323,15 @@ def refine_span(span: str) -> str:
     last = None
     for m in _LOOSE_MARKER.finditer(span):
         last = m
-    if last is not None and span[last.end():].strip():
-        span = _sentence(span[last.end():])
+    if last is not None and span[last.end() :].strip():
+        span = _sentence(span[last.end() :])
     outside = _outside_math(span)
     verb = None
     for m in re.finditer(r"\s(?:is|are|was|equals)\s", outside):
         verb = m
     # "the largest $n$ is 34" -> "34", but "$x < 5$ is the solution" keeps its math.
-    if verb is not None and re.search(r"[0-9$\\]", span[verb.end():]):
-        span = span[verb.end():]
+    if verb is not None and re.search(r"[0-9$\\]", span[verb.end() :]):
+        span = span[verb.end() :]
     segments = math_segments(span)
     if segments:
         span = ", ".join(segments)
@@ -347,15 +349,14 @@ _MATH_SEGMENT = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)
 def math_segments(span: str) -> list[str]:
     """The contents of the ``$..$``, ``$$..$$``, ``\\(..\\)``, ``\\[..\\]`` blocks of a sentence, when
     it is more than one block; several blocks are kept only when joined by connectors."""
-    found = [(m.start(), m.end(), next(g for g in m.groups() if g is not None))
-             for m in _MATH_SEGMENT.finditer(span)]
+    found = [(m.start(), m.end(), next(g for g in m.groups() if g is not None)) for m in _MATH_SEGMENT.finditer(span)]
     if not found:
         return []
     if len(found) == 1 and found[0][0] == 0 and found[0][1] == len(span.rstrip(" .")):
         return [found[0][2].strip()]
     run = [found[-1]]
     for prev in reversed(found[:-1]):
-        if not _is_connector(span[prev[1]:run[0][0]]):
+        if not _is_connector(span[prev[1] : run[0][0]]):
             break
         run.insert(0, prev)
     return [seg[2].strip() for seg in run]
@@ -367,7 +368,7 @@ def count_items(answer: str) -> int:
     answer = re.sub(r"\\(?:text|mathrm)\s*\{\s*(and|or)\s*\}", r" \1 ", answer.strip())
     for left, right in (("\\{", "\\}"), ("{", "}")):
         if answer.startswith(left) and answer.endswith(right):
-            inner = answer[len(left):len(answer) - len(right)]
+            inner = answer[len(left) : len(answer) - len(right)]
             if _balanced(inner):
                 answer = inner
                 break

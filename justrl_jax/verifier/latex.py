@@ -61,7 +61,8 @@ class Token:
     end: int
 
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<ws>\s+)
   | (?P<begin>\\begin\s*\{\s*(?P<benv>[A-Za-z]+\*?)\s*\})
   | (?P<end>\\end\s*\{\s*(?P<eenv>[A-Za-z]+\*?)\s*\})
@@ -72,7 +73,9 @@ _TOKEN = re.compile(r"""
   | (?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)
   | (?P<letters>[A-Za-z]+)
   | (?P<op><=|>=|!=|[-+*/^_!'=<>()\[\]{},;:|&])
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 _CONNECTOR_WORDS = {"and", "or"}
 _MIN_WORD_LETTERS = 4  # a bare run of letters this long is a word, shorter runs are products
@@ -121,21 +124,64 @@ def tokenize(text: str) -> list[Token]:
 
 
 _FUNCTIONS = {
-    "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "sec": sympy.sec, "csc": sympy.csc,
-    "cot": sympy.cot, "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
-    "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh, "exp": sympy.exp, "ln": sympy.log,
-    "log": sympy.log, "lg": sympy.log,
+    "sin": sympy.sin,
+    "cos": sympy.cos,
+    "tan": sympy.tan,
+    "sec": sympy.sec,
+    "csc": sympy.csc,
+    "cot": sympy.cot,
+    "arcsin": sympy.asin,
+    "arccos": sympy.acos,
+    "arctan": sympy.atan,
+    "sinh": sympy.sinh,
+    "cosh": sympy.cosh,
+    "tanh": sympy.tanh,
+    "exp": sympy.exp,
+    "ln": sympy.log,
+    "log": sympy.log,
+    "lg": sympy.log,
 }
 _MULTI_ARG = {"max": sympy.Max, "min": sympy.Min, "gcd": sympy.gcd, "lcm": sympy.lcm}
 _CONSTANTS = {"pi": sympy.pi, "infty": sympy.oo, "infinity": sympy.oo, "e": sympy.E}
-_DECORATIONS = {"overline", "vec", "hat", "bar", "tilde", "overrightarrow", "widehat", "mathbf",
-                "boldsymbol", "mathcal", "mathbb", "mathit", "dot", "ddot", "underline"}
-_RELOPS = {"=": "=", "<": "<", ">": ">", "le": "<=", "ge": ">=", "ne": "!=", "approx": "=",
-           "in": "in", "equiv": "=", "simeq": "=", "cong": "="}
+_DECORATIONS = {
+    "overline",
+    "vec",
+    "hat",
+    "bar",
+    "tilde",
+    "overrightarrow",
+    "widehat",
+    "mathbf",
+    "boldsymbol",
+    "mathcal",
+    "mathbb",
+    "mathit",
+    "dot",
+    "ddot",
+    "underline",
+}
+_RELOPS = {
+    "=": "=",
+    "<": "<",
+    ">": ">",
+    "le": "<=",
+    "ge": ">=",
+    "ne": "!=",
+    "approx": "=",
+    "in": "in",
+    "equiv": "=",
+    "simeq": "=",
+    "cong": "=",
+}
 _SETOPS = {"cup": "cup", "cap": "cap", "setminus": "setminus"}
 _FUNCTION_LETTERS = set("fghFGH")
-_IMPLICIT_CMDS = ({"frac", "sqrt", "binom", "sum", "prod", "text"} | set(_FUNCTIONS) | set(_MULTI_ARG)
-                  | set(_CONSTANTS) | _DECORATIONS)
+_IMPLICIT_CMDS = (
+    {"frac", "sqrt", "binom", "sum", "prod", "text"}
+    | set(_FUNCTIONS)
+    | set(_MULTI_ARG)
+    | set(_CONSTANTS)
+    | _DECORATIONS
+)
 
 
 def _is_expr(value) -> bool:
@@ -302,7 +348,8 @@ class _Parser:
             return tok.text == "("
         if tok.kind == "cmd":
             return tok.text in _IMPLICIT_CMDS or tok.text not in (
-                set(_RELOPS) | set(_SETOPS) | {"cdot", "times", "div", "pm", "mp", "ast", "ldots", "in"})
+                set(_RELOPS) | set(_SETOPS) | {"cdot", "times", "div", "pm", "mp", "ast", "ldots", "in"}
+            )
         return False
 
     def unary(self):
@@ -351,7 +398,7 @@ class _Parser:
         tok = self.tok
         if tok.kind == "op" and tok.text == "{":
             sub = self.argument(allow_sign=False)
-            raw = self.text[tok.end:self.tokens[self.i - 1].start]  # between the braces
+            raw = self.text[tok.end : self.tokens[self.i - 1].start]  # between the braces
         else:
             raw = tok.text[0] if tok.kind == "num" else tok.text
             sub = self.argument(allow_sign=False)
@@ -480,8 +527,9 @@ class _Parser:
                 return items[0]
             raise ParseError(f"{opening}..{closing} around one value")
         if len(items) == 2 and opening + closing != "()":
-            return Interval(_need_expr(items[0], "interval"), _need_expr(items[1], "interval"),
-                            opening == "(", closing == ")")
+            return Interval(
+                _need_expr(items[0], "interval"), _need_expr(items[1], "interval"), opening == "(", closing == ")"
+            )
         return Items(ItemsKind.TUPLE, items, opening + closing)
 
     def command(self):
@@ -519,12 +567,30 @@ class _Parser:
         if name in _DECORATIONS:
             start = self.tok.start
             self.argument(allow_sign=False)
-            raw = re.sub(r"\s+", "", self.text[start:self.tokens[self.i - 1].end]).strip("{}")
+            raw = re.sub(r"\s+", "", self.text[start : self.tokens[self.i - 1].end]).strip("{}")
             return sympy.Symbol(f"\\{name}{{{raw}}}")
         if name in _RELOPS or name in _SETOPS or name in ("cdot", "times", "div", "pm", "mp"):
             raise ParseError(f"unexpected \\{name}")
-        if name in ("int", "iint", "oint", "lim", "partial", "nabla", "mathrm", "text", "begin", "end",
-                    "left", "right", "color", "textcolor", "label", "tag", "hline", "cline"):
+        if name in (
+            "int",
+            "iint",
+            "oint",
+            "lim",
+            "partial",
+            "nabla",
+            "mathrm",
+            "text",
+            "begin",
+            "end",
+            "left",
+            "right",
+            "color",
+            "textcolor",
+            "label",
+            "tag",
+            "hline",
+            "cline",
+        ):
             raise ParseError(f"\\{name} is not supported")
         return sympy.Symbol(name)  # Greek letters and other named symbols (\alpha, \theta, ...)
 
@@ -546,8 +612,9 @@ class _Parser:
         else:
             # \sin 2x, \sin b \cos a: the factors up to the next operator or function.
             arg = self.power()
-            while self.starts_implicit_factor() and not (self.tok.kind == "cmd" and (
-                    self.tok.text in _FUNCTIONS or self.tok.text in _MULTI_ARG)):
+            while self.starts_implicit_factor() and not (
+                self.tok.kind == "cmd" and (self.tok.text in _FUNCTIONS or self.tok.text in _MULTI_ARG)
+            ):
                 arg = _mul(arg, self.power())
         arg = _need_expr(arg, f"\\{name}")
         if name == "lg" and base is None:
@@ -569,8 +636,12 @@ class _Parser:
             elif self.at_op("^") and upper is None:
                 self.advance()
                 upper = self.argument()
-        if not (isinstance(lower, Relation) and lower.ops == ("=",)
-                and isinstance(lower.parts[0], sympy.Symbol) and upper is not None):
+        if not (
+            isinstance(lower, Relation)
+            and lower.ops == ("=",)
+            and isinstance(lower.parts[0], sympy.Symbol)
+            and upper is not None
+        ):
             raise ParseError(f"\\{name} needs _{{k=a}}^{{b}}")
         body = _need_expr(self.term(), f"\\{name}")
         limits = (lower.parts[0], _need_expr(lower.parts[1], "limit"), _need_expr(upper, "limit"))

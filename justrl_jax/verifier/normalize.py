@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 
 # Commands that a doubly escaped answer ("\\frac{1}{2}", JSON written twice) may contain.
-KNOWN_COMMANDS = frozenset("""
+KNOWN_COMMANDS = frozenset(
+    """
 frac dfrac tfrac cfrac sqrt left right pi cdot times div le leq ge geq ne neq lt gt infty cup cap
 setminus text mathrm textnormal textbf mbox boxed fbox in notin pm mp sin cos tan sec csc cot arcsin
 arccos arctan sinh cosh tanh log ln exp lg binom dbinom tbinom approx sum prod begin end ldots dots
@@ -24,28 +25,56 @@ cdots quad qquad emptyset varnothing circ degree alpha beta gamma delta epsilon 
 theta vartheta iota kappa lambda mu nu xi omicron rho sigma tau upsilon phi varphi chi psi omega
 Gamma Delta Theta Lambda Xi Pi Sigma Upsilon Phi Psi Omega overline vec hat bar tilde mathbf
 overrightarrow operatorname displaystyle max min gcd lcm mod pmod
-""".split())
+""".split()
+)
 
 _UNICODE = {
-    "\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u22c5": "\\cdot ",
-    "\u00f7": "\\div ", "\u221a": "\\sqrt", "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u2264": "\\le ",
-    "\u2265": "\\ge ", "\u2260": "\\ne ", "\u00b1": "\\pm ", "\u222a": "\\cup ", "\u2229": "\\cap ",
-    "\u2208": "\\in ", "\u00b2": "^2", "\u00b3": "^3", "\u00b0": "", "\u20ac": "", "\u00a3": "",
-    "\u00a5": "", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2032": "'",
+    "\u2212": "-",
+    "\u2013": "-",
+    "\u00d7": "\\times ",
+    "\u00b7": "\\cdot ",
+    "\u22c5": "\\cdot ",
+    "\u00f7": "\\div ",
+    "\u221a": "\\sqrt",
+    "\u03c0": "\\pi ",
+    "\u221e": "\\infty ",
+    "\u2264": "\\le ",
+    "\u2265": "\\ge ",
+    "\u2260": "\\ne ",
+    "\u00b1": "\\pm ",
+    "\u222a": "\\cup ",
+    "\u2229": "\\cap ",
+    "\u2208": "\\in ",
+    "\u00b2": "^2",
+    "\u00b3": "^3",
+    "\u00b0": "",
+    "\u20ac": "",
+    "\u00a3": "",
+    "\u00a5": "",
+    "\u00a0": " ",
+    "\u2009": " ",
+    "\u202f": " ",
+    "\u2032": "'",
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 
 _DOUBLE_ESCAPED = re.compile(r"(?<!\\)\\\\([A-Za-z]+)")
-_SIZING = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg)"
-                     r"(?![A-Za-z])\s*(\.)?")
+_SIZING = re.compile(
+    r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg)"
+    r"(?![A-Za-z])\s*(\.)?"
+)
 _NOISE = re.compile(r"\\(?:displaystyle|textstyle|limits|nolimits|mathstrut|strut)(?![A-Za-z])")
-_SPACING = re.compile(r"\\(?:quad|qquad|enspace|thinspace|medspace|thickspace|hspace\s*\{[^{}]*\})"
-                      r"(?![A-Za-z])|(?<!\\)\\[,;: ]|~")
+_SPACING = re.compile(
+    r"\\(?:quad|qquad|enspace|thinspace|medspace|thickspace|hspace\s*\{[^{}]*\})"
+    r"(?![A-Za-z])|(?<!\\)\\[,;: ]|~"
+)
 _NEGATIVE_SPACE = re.compile(r"(?<!\\)\\!")  # "1,\!000": removed, not a space
 _FRAC_ALIASES = re.compile(r"\\(?:dfrac|tfrac|cfrac)(?![A-Za-z])")
 _BINOM_ALIASES = re.compile(r"\\(?:dbinom|tbinom)(?![A-Za-z])")
-_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|\\circ(?![A-Za-z])"
-                      r"|\\degree(?![A-Za-z])|\^\s*\{\s*\\text\s*\{\s*o\s*\}\s*\}")
+_DEGREES = re.compile(
+    r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|\\circ(?![A-Za-z])"
+    r"|\\degree(?![A-Za-z])|\^\s*\{\s*\\text\s*\{\s*o\s*\}\s*\}"
+)
 _RELATION_ALIASES = (
     (re.compile(r"\\(?:leqslant|leq|le)(?![A-Za-z])|<="), "\\le "),
     (re.compile(r"\\(?:geqslant|geq|ge)(?![A-Za-z])|>="), "\\ge "),
@@ -55,27 +84,35 @@ _RELATION_ALIASES = (
     (re.compile(r"\\lt(?![A-Za-z])"), "<"),
     (re.compile(r"\\gt(?![A-Za-z])"), ">"),
 )
-_TEXT_COMMAND = re.compile(r"\\(?:text|textnormal|textbf|textit|textrm|mathrm|mathit|mbox|rm|operatorname)"
-                           r"\s*\{")
+_TEXT_COMMAND = re.compile(
+    r"\\(?:text|textnormal|textbf|textit|textrm|mathrm|mathit|mbox|rm|operatorname)"
+    r"\s*\{"
+)
 _SHORT_FRAC = (
     (re.compile(r"\\frac\s*([0-9A-Za-z])\s*([0-9A-Za-z])"), r"\\frac{\1}{\2}"),
     (re.compile(r"\\frac\s*([0-9A-Za-z])\s*\{"), r"\\frac{\1}{"),
     (re.compile(r"\\frac\s*(\{[^{}]*\})\s*([0-9A-Za-z])"), r"\\frac\1{\2}"),
     (re.compile(r"\\sqrt\s*([0-9A-Za-z])"), r"\\sqrt{\1}"),
 )
-UNITS = frozenset("""
+UNITS = frozenset(
+    """
 cm mm km m meter meters metre metres kilometer kilometers mile miles ft foot feet inch inches in yd yard
 yards g kg gram grams kilogram kilograms lb lbs pound pounds oz ounce ounces l liter liters litre litres
 ml s sec second seconds min minute minutes h hr hrs hour hours day days week weeks month months year
 years unit units sq square cubic dollar dollars cent cents yuan euro euros rupees degree degrees deg rad
 radian radians mph kmh percent percentage pct people students ways points cookies apples marbles times
-""".split())
+""".split()
+)
 _CONNECTORS = frozenset({"and", "or"})
 # A unit after a number: "35 cm", "1,000.99m\u00b2" (a one-letter unit only right after a digit).
-_TRAILING_UNIT = re.compile(r"(?<=[0-9}.)\s])\s*(?:\\text\s*\{\s*)?(?P<unit>[A-Za-z]+)(?:\s*\})?"
-                            r"(?:\s*\^\s*\{?[23]\}?)?\s*$")
-_TRAILING_TEXT = re.compile(r"\\(?:text|textnormal|textbf|textit|textrm|mathrm|mbox)\s*"
-                            r"\{\s*(?P<words>[A-Za-z][A-Za-z .]*)\}(?:\s*\^\s*\{?[23]\}?)?\s*$")
+_TRAILING_UNIT = re.compile(
+    r"(?<=[0-9}.)\s])\s*(?:\\text\s*\{\s*)?(?P<unit>[A-Za-z]+)(?:\s*\})?"
+    r"(?:\s*\^\s*\{?[23]\}?)?\s*$"
+)
+_TRAILING_TEXT = re.compile(
+    r"\\(?:text|textnormal|textbf|textit|textrm|mathrm|mbox)\s*"
+    r"\{\s*(?P<words>[A-Za-z][A-Za-z .]*)\}(?:\s*\^\s*\{?[23]\}?)?\s*$"
+)
 _GROUPED_DIGITS = re.compile(r"(?<=[0-9])\s*\{\s*,\s*\}\s*(?=[0-9])")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
 _THOUSANDS_COMMA = re.compile(r"[+-]?[1-9][0-9]{0,2}(?:,[0-9]{3})+(?:\.[0-9]+)?")
@@ -95,9 +132,9 @@ class NestingError(ValueError):
 def _matching_brace(text: str, open_pos: int) -> int:
     depth = 0
     for i in range(open_pos, len(text)):
-        if text[i] == "{" and text[i - 1:i] != "\\":
+        if text[i] == "{" and text[i - 1 : i] != "\\":
             depth += 1
-        elif text[i] == "}" and text[i - 1:i] != "\\":
+        elif text[i] == "}" and text[i - 1 : i] != "\\":
             depth -= 1
             if depth == 0:
                 return i
@@ -112,7 +149,7 @@ def _unwrap_whole_box(text: str) -> str:
         close = _matching_brace(text, m.end() - 1)
         if close != len(text) - 1:
             return text
-        text = text[m.end():close].strip()
+        text = text[m.end() : close].strip()
     raise NestingError(f"\\boxed nested deeper than {MAX_BOX_NESTING}")
 
 
@@ -129,8 +166,8 @@ def _unwrap_text(text: str) -> str:
             close = _matching_brace(text, m.end() - 1)
             if close < 0:
                 return text
-            inner = text[m.end():close].strip()
-            out.append(text[pos:m.start()])
+            inner = text[m.end() : close].strip()
+            out.append(text[pos : m.start()])
             if re.fullmatch(r"[A-Za-z]{2,}", inner):
                 out.append(f"\\text{{{inner}}}")
             else:
@@ -198,14 +235,14 @@ def last_number(text: str) -> str | None:
 def _strip_units(text: str) -> str:
     for _ in range(3):
         m = _TRAILING_TEXT.search(text)
-        if m and text[:m.start()].strip() and m.group("words").strip().lower() not in _CONNECTORS:
-            text = text[:m.start()].rstrip()
+        if m and text[: m.start()].strip() and m.group("words").strip().lower() not in _CONNECTORS:
+            text = text[: m.start()].rstrip()
             continue
         m = _TRAILING_UNIT.search(text)
-        if m and m.group("unit").lower() in UNITS and text[:m.start()].strip():
+        if m and m.group("unit").lower() in UNITS and text[: m.start()].strip():
             # "5m" may be 5 times m: a one-letter unit needs a space before it or a power after it.
             if len(m.group("unit")) > 1 or m.group()[0].isspace() or "^" in m.group():
-                text = text[:m.start()].rstrip()
+                text = text[: m.start()].rstrip()
                 continue
         break
     return text
@@ -216,8 +253,7 @@ def normalize_answer(text: str, gold_is_number: bool = False) -> str:
     thousands-separator and decimal-comma readings of a single number."""
     text = _UNICODE_RE.sub(lambda m: _UNICODE[m.group()], text.strip())
     if not re.search(r"(?<!\\)\\begin", text):  # in a matrix, "\\" before a command is a row break
-        text = _DOUBLE_ESCAPED.sub(
-            lambda m: "\\" + m.group(1) if m.group(1) in KNOWN_COMMANDS else m.group(), text)
+        text = _DOUBLE_ESCAPED.sub(lambda m: "\\" + m.group(1) if m.group(1) in KNOWN_COMMANDS else m.group(), text)
     text = text.replace("**", "")
     text = _SIZING.sub(" ", text)
     text = _NOISE.sub(" ", text)

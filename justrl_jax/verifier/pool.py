@@ -141,8 +141,13 @@ class WorkerPool:
             batch.result()   # [TaskResult(ok=True, value=(True, 'ok'))]
     """
 
-    def __init__(self, workers: int = 2, sample_timeout_s: float = 2.0, max_tasks_per_worker: int = 5000,
-                 memory_limit_mb: int = 2048):
+    def __init__(
+        self,
+        workers: int = 2,
+        sample_timeout_s: float = 2.0,
+        max_tasks_per_worker: int = 5000,
+        memory_limit_mb: int = 2048,
+    ):
         if workers < 1:
             raise ValueError(f"verifier.workers must be >= 1, got {workers}")
         if sample_timeout_s <= 0:
@@ -247,8 +252,16 @@ class WorkerPool:
         parent_sock, child_sock = socket.socketpair()
         child_fd = child_sock.fileno()
         paths = [p for p in sys.path if p]
-        cmd = [sys.executable, "-I", "-c", BOOTSTRAP, str(child_fd), str(self.memory_limit_mb),
-               json.dumps(paths), str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-I",
+            "-c",
+            BOOTSTRAP,
+            str(child_fd),
+            str(self.memory_limit_mb),
+            json.dumps(paths),
+            str(os.getpid()),
+        ]
         try:
             # Started and registered under the registry lock: the exit-time kill_all (which runs
             # while this daemon thread may still be alive) either sees the new process or stops it
@@ -393,8 +406,10 @@ class WorkerPool:
         if starting:
             self._start_failures += 1
             if self._start_failures >= _MAX_START_FAILURES:
-                self._fail_pool(f"{_MAX_START_FAILURES} workers in a row died while starting "
-                                f"(is verifier.memory_limit_mb={self.memory_limit_mb} too small?)")
+                self._fail_pool(
+                    f"{_MAX_START_FAILURES} workers in a row died while starting "
+                    f"(is verifier.memory_limit_mb={self.memory_limit_mb} too small?)"
+                )
 
     def _retire(self, worker: _Worker) -> None:
         self._stop(worker, graceful=True)

@@ -18,8 +18,8 @@ import functools
 import re
 
 from justrl_jax.verifier import extract, normalize
-from justrl_jax.verifier.config import VerifierConfig
 from justrl_jax.verifier.verdict import Verdict, VerdictStatus, make_verdict
+from justrl_jax.verifier.verifier_config import VerifierConfig
 
 MAX_BRACE_DEPTH = 50
 
@@ -133,8 +133,9 @@ def judge(pred_key: str, gold_key: str) -> tuple[bool, VerdictStatus]:
 _DEFAULT = VerifierConfig()
 
 
-def robust_verdict(response: str, gold: str, cfg: VerifierConfig | None = None,
-                   response_length: int | None = None) -> Verdict:
+def robust_verdict(
+    response: str, gold: str, cfg: VerifierConfig | None = None, response_length: int | None = None
+) -> Verdict:
     """The robust verdict of one response, computed inline (no deadline, no pool).
 
     Example::

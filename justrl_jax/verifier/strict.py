@@ -9,15 +9,16 @@ inline in the caller (no pool, no deadline is needed: its cost is bounded by the
 
 from __future__ import annotations
 
-from justrl_jax.verifier.config import VerifierConfig
 from justrl_jax.verifier.extract import clean_gold, strict_box
 from justrl_jax.verifier.verdict import Verdict, VerdictStatus, make_verdict
+from justrl_jax.verifier.verifier_config import VerifierConfig
 
 _DEFAULT = VerifierConfig()
 
 
-def strict_verdict(response: str, gold: str, cfg: VerifierConfig | None = None,
-                   response_length: int | None = None) -> Verdict:
+def strict_verdict(
+    response: str, gold: str, cfg: VerifierConfig | None = None, response_length: int | None = None
+) -> Verdict:
     """The strict (JustRL/DAPO) verdict of one decoded response.
 
     ``response`` is the decoded text with special tokens skipped and a trailing EOS string removed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from justrl_jax.verifier.config import VerifierConfig
+from justrl_jax.verifier.verifier_config import VerifierConfig
 
 
 class VerdictStatus(enum.Enum):
@@ -28,8 +28,9 @@ class Verdict:
     status: VerdictStatus
 
 
-def make_verdict(correct: bool, pred: str | None, status: VerdictStatus, cfg: VerifierConfig,
-                 length: int | None = None) -> Verdict:
+def make_verdict(
+    correct: bool, pred: str | None, status: VerdictStatus, cfg: VerifierConfig, length: int | None = None
+) -> Verdict:
     """Applies the configured rewards (and DAPO's overlong penalty when ``cfg.overlong`` is set)."""
     correct = bool(correct) and status is VerdictStatus.OK
     reward = cfg.correct_reward if correct else cfg.incorrect_reward

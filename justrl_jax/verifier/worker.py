@@ -80,8 +80,12 @@ def main(argv: list[str]) -> None:
     from justrl_jax.verifier.robust import judge
 
     latex.parse_answer("x + 1 = \\frac{1}{2}")
-    tasks = {"judge": lambda pred, gold: _judge(judge, pred, gold), "probe": _probe, "power": _power,
-             "allocate": _allocate}
+    tasks = {
+        "judge": lambda pred, gold: _judge(judge, pred, gold),
+        "probe": _probe,
+        "power": _power,
+        "allocate": _allocate,
+    }
     conn = Connection(fd)
     conn.send(("ready", True, os.getpid()))
     while True:
@@ -110,4 +114,3 @@ def main(argv: list[str]) -> None:
 def _judge(judge, pred: str, gold: str) -> tuple[bool, str]:
     correct, status = judge(pred, gold)
     return correct, status.value
-

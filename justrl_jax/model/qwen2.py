@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from justrl_jax.kv_cache import KVCache
-from justrl_jax.rope import apply_rope, rope_tables
+from justrl_jax.model.kv_cache import KVCache
+from justrl_jax.model.rope import apply_rope, rope_tables
 
 _MASKED = -1e30  # finite, so a fully masked (padding) query row gives a harmless uniform average
 
@@ -45,8 +45,16 @@ class Qwen2Config:
     max_position_embeddings: int = 131072
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
@@ -60,8 +68,14 @@ class Qwen2Config:
 
     def num_params(self) -> int:
         """Exact parameter count (what HF's ``num_parameters()`` reports)."""
-        d, f, n, k, h, v = (self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads,
-                            self.head_dim, self.vocab_size)
+        d, f, n, k, h, v = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.vocab_size,
+        )
         attn = d * n * h + n * h + 2 * (d * k * h + k * h) + n * h * d
         layer = attn + 3 * d * f + 2 * d
         embed = v * d * (1 if self.tie_word_embeddings else 2)
@@ -138,7 +152,7 @@ class Attention(nnx.Module):
         g = q.shape[2] // self.num_kv_heads
         q = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)  # [B,T,K,G,H]
         scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys, preferred_element_type=jnp.float32)
-        scores = scores * (self.head_dim ** -0.5)
+        scores = scores * (self.head_dim**-0.5)
         scores = jnp.where(allowed[:, None, None], scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values).reshape(b, t, -1, self.head_dim)
@@ -187,16 +201,25 @@ class Qwen2(nnx.Module):
         logits = model.logits(hidden)                        # [B, T, V] float32
     """
 
-    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 compute_dtype=jnp.float32, remat: bool = False):
+    def __init__(
+        self,
+        config: Qwen2Config,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+        compute_dtype=jnp.float32,
+        remat: bool = False,
+    ):
         self.config = config
         self.compute_dtype = compute_dtype
         self.remat = remat
         self.embedding = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
-        self.layers = nnx.List([
-            DecoderLayer(config, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
-            for _ in range(config.num_layers)
-        ])
+        self.layers = nnx.List(
+            [
+                DecoderLayer(config, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
+                for _ in range(config.num_layers)
+            ]
+        )
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
         if not config.tie_word_embeddings:
             self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)

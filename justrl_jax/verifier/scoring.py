@@ -21,11 +21,11 @@ import collections
 import threading
 from collections.abc import Sequence
 
-from justrl_jax.verifier.config import VerifierConfig, VerifierMode
 from justrl_jax.verifier.pool import Batch, TaskResult, WorkerPool
 from justrl_jax.verifier.robust import prepare
 from justrl_jax.verifier.strict import strict_verdict
 from justrl_jax.verifier.verdict import Verdict, VerdictStatus, make_verdict
+from justrl_jax.verifier.verifier_config import VerifierConfig, VerifierMode
 
 
 class _VerdictCache:
@@ -92,9 +92,12 @@ class Verifier:
         self._pool: WorkerPool | None = None
         if self.config.mode is VerifierMode.ROBUST:
             cfg = self.config
-            self._pool = WorkerPool(workers=cfg.workers, sample_timeout_s=cfg.sample_timeout_s,
-                                    max_tasks_per_worker=cfg.max_tasks_per_worker,
-                                    memory_limit_mb=cfg.memory_limit_mb)
+            self._pool = WorkerPool(
+                workers=cfg.workers,
+                sample_timeout_s=cfg.sample_timeout_s,
+                max_tasks_per_worker=cfg.max_tasks_per_worker,
+                memory_limit_mb=cfg.memory_limit_mb,
+            )
 
     @property
     def pool(self) -> WorkerPool | None:
@@ -104,19 +107,22 @@ class Verifier:
     def cache_hits(self) -> int:
         return self._cache.hits
 
-    def verify(self, responses: Sequence[str], golds: Sequence[str],
-               response_lengths: Sequence[int] | None = None) -> list[Verdict]:
+    def verify(
+        self, responses: Sequence[str], golds: Sequence[str], response_lengths: Sequence[int] | None = None
+    ) -> list[Verdict]:
         """Verdicts for ``responses`` against ``golds`` (blocking)."""
         return self.submit(responses, golds, response_lengths).result()
 
-    def submit(self, responses: Sequence[str], golds: Sequence[str],
-               response_lengths: Sequence[int] | None = None) -> PendingVerdicts:
+    def submit(
+        self, responses: Sequence[str], golds: Sequence[str], response_lengths: Sequence[int] | None = None
+    ) -> PendingVerdicts:
         """Starts verifying a batch and returns at once (strict mode: already finished)."""
         lengths = self._check(responses, golds, response_lengths)
         cfg = self.config
         if cfg.mode is VerifierMode.STRICT:
-            return PendingVerdicts([strict_verdict(r, g, cfg, n) for r, g, n in zip(responses, golds, lengths,
-                                                                                    strict=True)])
+            return PendingVerdicts(
+                [strict_verdict(r, g, cfg, n) for r, g, n in zip(responses, golds, lengths, strict=True)]
+            )
         verdicts: list[Verdict | None] = [None] * len(responses)
         groups: dict[tuple[str, str], list[int]] = {}
         preds: dict[int, str | None] = {}
@@ -176,8 +182,7 @@ class Verifier:
                 raise ValueError("verifier.overlong is set: response_lengths (tokens) are required")
             return [None] * len(responses)
         if len(response_lengths) != len(responses):
-            raise ValueError(f"verifier got {len(response_lengths)} response_lengths for "
-                             f"{len(responses)} responses")
+            raise ValueError(f"verifier got {len(response_lengths)} response_lengths for {len(responses)} responses")
         return [int(n) for n in response_lengths]
 
 
@@ -188,4 +193,3 @@ def _decode(result: TaskResult) -> tuple[bool, VerdictStatus]:
     if result.error == "timeout":
         return False, VerdictStatus.TIMEOUT
     return False, VerdictStatus.ERROR
-

@@ -61,8 +61,7 @@ class EvalConfig:
             raise ValueError(f"eval.benchmarks lists {duplicates[0]!r} twice")
         object.__setattr__(self, "benchmarks", tuple(names))
         if self.n_samples is not None and (not _is_int(self.n_samples) or self.n_samples < 1):
-            raise ValueError(f"eval.n_samples must be None (each benchmark's N) or >= 1, "
-                             f"got {self.n_samples!r}")
+            raise ValueError(f"eval.n_samples must be None (each benchmark's N) or >= 1, got {self.n_samples!r}")
         for name in ("max_new_tokens", "batch_size", "bucket_multiple"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -80,8 +79,9 @@ class EvalConfig:
         if not self.kv_cache_budget_gb >= 0:
             raise ValueError(f"eval.kv_cache_budget_gb must be >= 0, got {self.kv_cache_budget_gb!r}")
         if not isinstance(self.prompt_format, PromptFormat):
-            raise ValueError(f"eval.prompt_format must be one of {[f.value for f in PromptFormat]}, "
-                             f"got {self.prompt_format!r}")
+            raise ValueError(
+                f"eval.prompt_format must be one of {[f.value for f in PromptFormat]}, got {self.prompt_format!r}"
+            )
         if self.max_problems is not None and (not _is_int(self.max_problems) or self.max_problems < 1):
             raise ValueError(f"eval.max_problems must be None (all) or >= 1, got {self.max_problems!r}")
         if not isinstance(self.verifier, VerifierConfig):

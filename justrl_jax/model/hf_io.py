@@ -22,17 +22,25 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from justrl_jax.params import from_host_arrays
-from justrl_jax.qwen2 import Qwen2, Qwen2Config
-from justrl_jax.safetensors_io import read_safetensors, write_safetensors
+from justrl_jax.model.construct import from_host_arrays
+from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
+from justrl_jax.model.safetensors_io import read_safetensors, write_safetensors
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "added_tokens.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
 # --- the key table -------------------------------------------------------------------------------
 # Each entry: our parameter path (with {i} for the layer), the HF tensor name, and the layout change.
 # Layouts: HF Linear weights are [out, in]; ours are [in, ...heads] / [heads..., out] (see qwen2.py).
+
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
@@ -103,12 +111,15 @@ def _heads_for(entry: _Entry, config: Qwen2Config) -> int:
 
 # --- config --------------------------------------------------------------------------------------
 
+
 def config_from_hf(hf: dict, source: str = "config.json") -> Qwen2Config:
     """Qwen2Config from an HF config dict; anything we would silently get wrong is an error naming it."""
     arch = hf.get("architectures") or ["Qwen2ForCausalLM"]
     if hf.get("model_type", "qwen2") != "qwen2" or arch[0] != "Qwen2ForCausalLM":
-        raise ValueError(f"{source}: model_type={hf.get('model_type')!r}, architectures={arch}: only "
-                         "Qwen2ForCausalLM (model_type 'qwen2') is supported")
+        raise ValueError(
+            f"{source}: model_type={hf.get('model_type')!r}, architectures={arch}: only "
+            "Qwen2ForCausalLM (model_type 'qwen2') is supported"
+        )
     if hf.get("use_sliding_window"):
         raise ValueError(f"{source}: use_sliding_window=true is not supported")
     if hf.get("hidden_act", "silu") != "silu":
@@ -146,10 +157,14 @@ def config_to_hf(config: Qwen2Config, dtype: str) -> dict:
     if config.head_dim * config.num_heads != config.hidden_size:
         raise ValueError("HF Qwen2 requires head_dim * num_heads == hidden_size")
     hf = transformers.Qwen2Config(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-        rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        rope_theta=config.rope_theta,
+        rms_norm_eps=config.rms_norm_eps,
         tie_word_embeddings=config.tie_word_embeddings,
         max_position_embeddings=config.max_position_embeddings,
         use_sliding_window=False,
@@ -160,6 +175,7 @@ def config_to_hf(config: Qwen2Config, dtype: str) -> dict:
 
 
 # --- import --------------------------------------------------------------------------------------
+
 
 def resolve_model_dir(name_or_path: str) -> Path:
     """A local directory, or a hub id downloaded (when the network and HF_HUB_OFFLINE allow)."""
@@ -173,8 +189,9 @@ def resolve_model_dir(name_or_path: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt",
-                                                                    "*.jinja", "*.model"]))
+        return Path(
+            snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"])
+        )
     except Exception as e:  # noqa: BLE001 - report why the hub id could not be used
         raise FileNotFoundError(
             f"model {name_or_path!r} is not a local directory and could not be fetched from the hub: {e}"
@@ -197,8 +214,10 @@ def read_hf_tensors(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     elif (model_dir / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
-        raise FileNotFoundError(f"{model_dir} has no model.safetensors or model.safetensors.index.json "
-                                "(PyTorch .bin checkpoints are not supported; re-save with safetensors)")
+        raise FileNotFoundError(
+            f"{model_dir} has no model.safetensors or model.safetensors.index.json "
+            "(PyTorch .bin checkpoints are not supported; re-save with safetensors)"
+        )
     tensors: dict[str, np.ndarray] = {}
     for name in files:
         tensors.update(read_safetensors(model_dir / name))
@@ -223,8 +242,14 @@ def hf_arrays_getter(tensors: dict[str, np.ndarray], config: Qwen2Config) -> Cal
     return get
 
 
-def load_hf_model(name_or_path: str, mesh: Mesh | None = None, *, param_dtype=jnp.float32,
-                  compute_dtype=jnp.float32, remat: bool = False) -> Qwen2:
+def load_hf_model(
+    name_or_path: str,
+    mesh: Mesh | None = None,
+    *,
+    param_dtype=jnp.float32,
+    compute_dtype=jnp.float32,
+    remat: bool = False,
+) -> Qwen2:
     """Loads an HF Qwen2 checkpoint straight into the (sharded) justrl_jax layout."""
     model_dir = resolve_model_dir(name_or_path)
     config = read_hf_config(model_dir)
@@ -233,8 +258,14 @@ def load_hf_model(name_or_path: str, mesh: Mesh | None = None, *, param_dtype=jn
     unknown = sorted(set(tensors) - expected - {"lm_head.weight"})
     if unknown:
         raise ValueError(f"{model_dir}: unexpected tensors {unknown[:5]} (is this really a Qwen2 model?)")
-    return from_host_arrays(config, hf_arrays_getter(tensors, config), mesh, param_dtype=param_dtype,
-                            compute_dtype=compute_dtype, remat=remat)
+    return from_host_arrays(
+        config,
+        hf_arrays_getter(tensors, config),
+        mesh,
+        param_dtype=param_dtype,
+        compute_dtype=compute_dtype,
+        remat=remat,
+    )
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -258,10 +289,16 @@ def export_params(params: nnx.State, config: Qwen2Config, dtype: str = "bfloat16
     return out
 
 
-def export_hf_model(model_or_params: Qwen2 | nnx.State, out_dir: str | os.PathLike, *,
-                    config: Qwen2Config | None = None, dtype: str = "bfloat16",
-                    source_dir: str | os.PathLike | None = None, max_shard_bytes: int = 4 << 30,
-                    generation_config: dict | None = None) -> Path:
+def export_hf_model(
+    model_or_params: Qwen2 | nnx.State,
+    out_dir: str | os.PathLike,
+    *,
+    config: Qwen2Config | None = None,
+    dtype: str = "bfloat16",
+    source_dir: str | os.PathLike | None = None,
+    max_shard_bytes: int = 4 << 30,
+    generation_config: dict | None = None,
+) -> Path:
     """Writes config.json, generation_config.json, safetensors (sharded past ``max_shard_bytes``) and
     the source model's tokenizer files into ``out_dir``, which transformers then loads."""
     if isinstance(model_or_params, Qwen2):
@@ -293,7 +330,8 @@ def export_hf_model(model_or_params: Qwen2 | nnx.State, out_dir: str | os.PathLi
             weight_map.update({name: fname for name in shard})
         total = sum(a.nbytes for a in tensors.values())
         (out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
 
     (out / "config.json").write_text(json.dumps(config_to_hf(config, dtype), indent=2))
     gen = dict(generation_config or {})

@@ -11,9 +11,15 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def build_train_batch(prompt_ids: np.ndarray, prompt_mask: np.ndarray, completion_ids: np.ndarray,
-                      completion_mask: np.ndarray, advantages: np.ndarray, length_bucket: int,
-                      pad_id: int) -> TrainBatch:
+def build_train_batch(
+    prompt_ids: np.ndarray,
+    prompt_mask: np.ndarray,
+    completion_ids: np.ndarray,
+    completion_mask: np.ndarray,
+    advantages: np.ndarray,
+    length_bucket: int,
+    pad_id: int,
+) -> TrainBatch:
     """Rows ``[left-padded prompt | completion | pad]`` [N, P + T'] as numpy, where T' is the longest
     completion rounded up to ``length_bucket`` (so few distinct shapes ever compile).
 

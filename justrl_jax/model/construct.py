@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from justrl_jax.qwen2 import Qwen2, Qwen2Config
+from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.sharding import logical_sharding, replicated
 
 
@@ -31,18 +31,32 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def abstract_model(config: Qwen2Config, *, param_dtype=jnp.float32, compute_dtype=jnp.float32,
-                   remat: bool = False) -> Qwen2:
+def abstract_model(
+    config: Qwen2Config, *, param_dtype=jnp.float32, compute_dtype=jnp.float32, remat: bool = False
+) -> Qwen2:
     """The model with ShapeDtypeStruct leaves: no memory is allocated (use for planning and restore)."""
-    return nnx.eval_shape(lambda: Qwen2(config, rngs=nnx.Rngs(0), param_dtype=param_dtype,
-                                         compute_dtype=compute_dtype, remat=remat))
+    return nnx.eval_shape(
+        lambda: Qwen2(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
+    )
 
 
-def create_model(config: Qwen2Config, mesh: Mesh | None = None, *, seed: int = 0, param_dtype=jnp.float32,
-                 compute_dtype=jnp.float32, remat: bool = False) -> Qwen2:
+def create_model(
+    config: Qwen2Config,
+    mesh: Mesh | None = None,
+    *,
+    seed: int = 0,
+    param_dtype=jnp.float32,
+    compute_dtype=jnp.float32,
+    remat: bool = False,
+) -> Qwen2:
     """A randomly initialised model; on a mesh every parameter is created directly in its shard."""
-    build = lambda: Qwen2(config, rngs=nnx.Rngs(seed), param_dtype=param_dtype,  # noqa: E731
-                          compute_dtype=compute_dtype, remat=remat)
+    build = lambda: Qwen2(
+        config,
+        rngs=nnx.Rngs(seed),
+        param_dtype=param_dtype,  # noqa: E731
+        compute_dtype=compute_dtype,
+        remat=remat,
+    )
     if mesh is None:
         return build()
     graphdef, abstract = nnx.split(nnx.eval_shape(build))
@@ -58,16 +72,23 @@ def place_model(model: Qwen2, mesh: Mesh) -> Qwen2:
     return nnx.merge(graphdef, state)
 
 
-def from_host_arrays(config: Qwen2Config, arrays: Callable[[tuple[str, ...]], jax.Array | None],
-                     mesh: Mesh | None, *, param_dtype=jnp.float32, compute_dtype=jnp.float32,
-                     remat: bool = False) -> Qwen2:
+def from_host_arrays(
+    config: Qwen2Config,
+    arrays: Callable[[tuple[str, ...]], jax.Array | None],
+    mesh: Mesh | None,
+    *,
+    param_dtype=jnp.float32,
+    compute_dtype=jnp.float32,
+    remat: bool = False,
+) -> Qwen2:
     """Builds a model whose parameters come from ``arrays(path)`` (host numpy arrays).
 
     On a mesh each device receives only its own slice (``make_array_from_callback``), so a
     multi-host run never materialises another host's shards on device.
     """
-    graphdef, abstract = nnx.split(abstract_model(config, param_dtype=param_dtype,
-                                                  compute_dtype=compute_dtype, remat=remat))
+    graphdef, abstract = nnx.split(
+        abstract_model(config, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
+    )
     shardings = state_shardings(abstract, mesh) if mesh is not None else None
     flat = dict(nnx.to_flat_state(abstract))
     flat_sh = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}

@@ -78,8 +78,9 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "") -> Any
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config key {_join(where, unknown[0])!r}; {cls.__name__} accepts: "
-                          f"{', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key {_join(where, unknown[0])!r}; {cls.__name__} accepts: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for name in names:
         if name in data:

@@ -38,11 +38,14 @@ class OverlongConfig:
         if self.max_response_len < 1:
             raise ValueError(f"verifier.overlong.max_response_len must be >= 1, got {self.max_response_len}")
         if not 1 <= self.buffer_len <= self.max_response_len:
-            raise ValueError(f"verifier.overlong.buffer_len must be in [1, max_response_len="
-                             f"{self.max_response_len}], got {self.buffer_len}")
+            raise ValueError(
+                f"verifier.overlong.buffer_len must be in [1, max_response_len="
+                f"{self.max_response_len}], got {self.buffer_len}"
+            )
         if not (math.isfinite(self.penalty_factor) and self.penalty_factor >= 0):
-            raise ValueError(f"verifier.overlong.penalty_factor must be a finite number >= 0, "
-                             f"got {self.penalty_factor}")
+            raise ValueError(
+                f"verifier.overlong.penalty_factor must be a finite number >= 0, got {self.penalty_factor}"
+            )
 
     def penalty(self, length: int) -> float:
         """The (non-positive) penalty for a response of ``length`` tokens."""
@@ -75,17 +78,27 @@ class VerifierConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"verifier.{name} must be a finite number, got {value!r}")
         if self.correct_reward <= self.incorrect_reward:
-            raise ValueError(f"verifier.correct_reward ({self.correct_reward}) must be greater than "
-                             f"verifier.incorrect_reward ({self.incorrect_reward})")
-        for name, low in (("workers", 1), ("max_tasks_per_worker", 1), ("memory_limit_mb", 256),
-                          ("cache_size", 0), ("max_answer_chars", 1)):
+            raise ValueError(
+                f"verifier.correct_reward ({self.correct_reward}) must be greater than "
+                f"verifier.incorrect_reward ({self.incorrect_reward})"
+            )
+        for name, low in (
+            ("workers", 1),
+            ("max_tasks_per_worker", 1),
+            ("memory_limit_mb", 256),
+            ("cache_size", 0),
+            ("max_answer_chars", 1),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"verifier.{name} must be an integer >= {low}, got {value!r}")
         for name in ("sample_timeout_s", "batch_timeout_s"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    math.isfinite(value) and value > 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
                 raise ValueError(f"verifier.{name} must be > 0, got {value!r}")
         if self.overlong is not None and not isinstance(self.overlong, OverlongConfig):
             raise ValueError(f"verifier.overlong must be an OverlongConfig or None, got {self.overlong!r}")

@@ -89,29 +89,85 @@ _CHATML_TEMPLATE = (
 
 STYLES: dict[ChatStyle, StyleSpec] = {
     ChatStyle.DEEPSEEK: StyleSpec(
-        bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜end▁of▁sentence｜>",
+        bos="<｜begin▁of▁sentence｜>",
+        eos="<｜end▁of▁sentence｜>",
+        pad="<｜end▁of▁sentence｜>",
         generation_eos=("<｜end▁of▁sentence｜>",),
         special=("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"),
         plain_added=("<think>", "</think>", BOXED_TOKEN),
-        chat_template=_DEEPSEEK_TEMPLATE),
+        chat_template=_DEEPSEEK_TEMPLATE,
+    ),
     ChatStyle.CHATML: StyleSpec(
-        bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
         generation_eos=("<|im_end|>", "<|endoftext|>"),
         special=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
         plain_added=(BOXED_TOKEN,),
-        chat_template=_CHATML_TEMPLATE),
+        chat_template=_CHATML_TEMPLATE,
+    ),
 }
 
 # Words that get whole-word tokens, so templated prompts are a realistic ~2-4 characters per token.
 # Each word contributes the merges that build it left to right; the byte alphabet keeps the rest
 # lossless whatever the merges do.
 _WORDS = (
-    "Please", " reason", " step", " by", " and", " put", " your", " final", " answer", " within",
-    " the", " of", " is", " to", " in", " that", " be", " a", " an", " for", " with", " are",
-    " Compute", " Find", " Let", " What", " How", " many", " number", " sum", " value", " integer",
-    " positive", " real", " such", " if", " then", " so", " we", " Solve", " following", " math",
-    " problem", " \\frac", " \\cdot", " =", " +", "Compute", "Find", "What", "How", "Let", "Solve",
-    "user", "assistant", "system",
+    "Please",
+    " reason",
+    " step",
+    " by",
+    " and",
+    " put",
+    " your",
+    " final",
+    " answer",
+    " within",
+    " the",
+    " of",
+    " is",
+    " to",
+    " in",
+    " that",
+    " be",
+    " a",
+    " an",
+    " for",
+    " with",
+    " are",
+    " Compute",
+    " Find",
+    " Let",
+    " What",
+    " How",
+    " many",
+    " number",
+    " sum",
+    " value",
+    " integer",
+    " positive",
+    " real",
+    " such",
+    " if",
+    " then",
+    " so",
+    " we",
+    " Solve",
+    " following",
+    " math",
+    " problem",
+    " \\frac",
+    " \\cdot",
+    " =",
+    " +",
+    "Compute",
+    "Find",
+    "What",
+    "How",
+    "Let",
+    "Solve",
+    "user",
+    "assistant",
+    "system",
 )
 
 
@@ -137,7 +193,7 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
         symbols = "".join(alphabet[b] for b in word.encode("utf-8"))
         for end in range(2, len(symbols) + 1):
             if symbols[:end] not in vocab:
-                merges.append((symbols[:end - 1], symbols[end - 1]))
+                merges.append((symbols[: end - 1], symbols[end - 1]))
                 vocab[symbols[:end]] = len(vocab)
     return vocab, merges
 
@@ -153,7 +209,8 @@ def _backend(spec: StyleSpec) -> Tokenizer:
         # Like DeepSeek's tokenizer (add_bos_token): plain tokenizer(text) prepends the bos.
         bos_id = tok.token_to_id(spec.bos)
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{spec.bos} $A", pair=f"{spec.bos} $A {spec.bos} $B", special_tokens=[(spec.bos, bos_id)])
+            single=f"{spec.bos} $A", pair=f"{spec.bos} $A {spec.bos} $B", special_tokens=[(spec.bos, bos_id)]
+        )
     return tok
 
 
@@ -161,9 +218,15 @@ def make_tiny_tokenizer(style: ChatStyle) -> PreTrainedTokenizerFast:
     """A ~440-token byte-level tokenizer with ``style``'s special tokens and chat template (no download)."""
     spec = STYLES[ChatStyle(style)]
     return PreTrainedTokenizerFast(
-        tokenizer_object=_backend(spec), bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad,
-        chat_template=spec.chat_template, padding_side="left", clean_up_tokenization_spaces=False,
-        model_max_length=131072)
+        tokenizer_object=_backend(spec),
+        bos_token=spec.bos,
+        eos_token=spec.eos,
+        pad_token=spec.pad,
+        chat_template=spec.chat_template,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=131072,
+    )
 
 
 def generation_eos_ids(style: ChatStyle, tokenizer: PreTrainedTokenizerFast) -> tuple[int, ...]:

@@ -27,9 +27,9 @@ from justrl_jax.checkpoint import (
     read_meta,
     restore_params,
 )
-from justrl_jax.hf_io import load_hf_model, resolve_model_dir
-from justrl_jax.params import abstract_model, state_shardings
-from justrl_jax.qwen2 import Qwen2, Qwen2Config
+from justrl_jax.model.construct import abstract_model, state_shardings
+from justrl_jax.model.hf_io import load_hf_model, resolve_model_dir
+from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,10 @@ def find_checkpoint(name: str | Path) -> Path | None:
     if is_complete(path):
         return path
     if (path / "params").is_dir() or (path / "meta").is_dir():
-        raise FileNotFoundError(f"{path} is an incomplete checkpoint (a save that did not finish); "
-                                f"complete ones in {path.parent}: {complete_steps(path.parent.parent)}")
+        raise FileNotFoundError(
+            f"{path} is an incomplete checkpoint (a save that did not finish); "
+            f"complete ones in {path.parent}: {complete_steps(path.parent.parent)}"
+        )
     if checkpoint_dir(path).is_dir():
         steps = complete_steps(path)
         if not steps:
@@ -72,8 +74,9 @@ def tokenizer_dir_of(step_dir: str | Path) -> Path:
     for candidate in candidates:
         if (candidate / "tokenizer_config.json").is_file() or (candidate / "tokenizer.json").is_file():
             return candidate
-    raise FileNotFoundError(f"no tokenizer for checkpoint {step_dir}: looked in "
-                            f"{', '.join(str(c) for c in candidates)}")
+    raise FileNotFoundError(
+        f"no tokenizer for checkpoint {step_dir}: looked in {', '.join(str(c) for c in candidates)}"
+    )
 
 
 def eos_ids_of(model_dir: Path) -> tuple[int, ...]:
@@ -91,14 +94,19 @@ def eos_ids_of(model_dir: Path) -> tuple[int, ...]:
     return (int(tok.eos_token_id),)
 
 
-def load_policy(name: str | Path, mesh: Mesh | None = None, *, param_dtype=jnp.float32,
-                compute_dtype=jnp.float32, remat: bool = False) -> Policy:
+def load_policy(
+    name: str | Path,
+    mesh: Mesh | None = None,
+    *,
+    param_dtype=jnp.float32,
+    compute_dtype=jnp.float32,
+    remat: bool = False,
+) -> Policy:
     """Loads ``name`` (HF dir/hub id, run dir or checkpoint step) straight into the sharded layout."""
     step_dir = find_checkpoint(name)
     if step_dir is None:
         model_dir = resolve_model_dir(str(name))
-        model = load_hf_model(str(model_dir), mesh, param_dtype=param_dtype, compute_dtype=compute_dtype,
-                              remat=remat)
+        model = load_hf_model(str(model_dir), mesh, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
         return Policy(model, model_dir, eos_ids_of(model_dir))
     meta = read_meta(step_dir)
     info = meta.get("model")
@@ -112,11 +120,15 @@ def load_policy(name: str | Path, mesh: Mesh | None = None, *, param_dtype=jnp.f
         shardings = state_shardings(params_state, mesh)
     else:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda v: v.replace(device), params_state,
-                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+        shardings = jax.tree.map(
+            lambda v: v.replace(device), params_state, is_leaf=lambda x: isinstance(x, nnx.Variable)
+        )
     target = jax.tree.map(
         lambda v, s: jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype, sharding=s.get_value()),
-        params_state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        params_state,
+        shardings,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
     restored = restore_params(step_dir, nnx.to_pure_dict(target))
     nnx.replace_by_pure_dict(state, restored)
     model = nnx.merge(graphdef, state)

@@ -13,8 +13,8 @@ import math
 
 from flax import nnx
 
-from justrl_jax.params import abstract_model
-from justrl_jax.qwen2 import Qwen2Config
+from justrl_jax.model.construct import abstract_model
+from justrl_jax.model.qwen2 import Qwen2Config
 from justrl_jax.sharding import MeshConfig, logical_spec
 
 GIB = 1 << 30
@@ -102,8 +102,9 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def sharded_param_bytes(config: Qwen2Config, mesh: MeshConfig, num_devices: int,
-                        bytes_per_value: int) -> tuple[int, int]:
+def sharded_param_bytes(
+    config: Qwen2Config, mesh: MeshConfig, num_devices: int, bytes_per_value: int
+) -> tuple[int, int]:
     """(bytes of parameters on one device, total parameter count), exactly, from the real shapes."""
     fsdp, tensor = mesh.resolve(num_devices)
     shape = _MeshShape({"fsdp": fsdp, "tensor": tensor})
@@ -122,8 +123,13 @@ def sharded_param_bytes(config: Qwen2Config, mesh: MeshConfig, num_devices: int,
     return per_device, total
 
 
-def plan_memory(config: Qwen2Config, mesh: MeshConfig, num_devices: int, inputs: PlanInputs = PlanInputs(),
-                device: str | None = None) -> MemoryPlan:
+def plan_memory(
+    config: Qwen2Config,
+    mesh: MeshConfig,
+    num_devices: int,
+    inputs: PlanInputs = PlanInputs(),
+    device: str | None = None,
+) -> MemoryPlan:
     if device is not None and device not in DEVICE_MEMORY:
         raise ValueError(f"unknown device {device!r}; choose one of {sorted(DEVICE_MEMORY)}")
     fsdp, tensor = mesh.resolve(num_devices)
@@ -169,11 +175,13 @@ def plan_memory(config: Qwen2Config, mesh: MeshConfig, num_devices: int, inputs:
 def advice(plan: MemoryPlan, inputs: PlanInputs, mesh: MeshConfig) -> str:
     """What to change when the plan does not fit, largest item first."""
     items = {
-        "the KV cache: lower rollout.max_new_tokens or the rollout batch, or use more fsdp devices":
-            plan.kv_cache_per_device,
+        "the KV cache: lower rollout.max_new_tokens or the rollout batch, or use more fsdp devices": (
+            plan.kv_cache_per_device
+        ),
         "activations: lower train.micro_batch_size or the maximum lengths": plan.activations_per_device,
-        "parameters/optimizer state: shard over more devices (a larger --mesh)":
-            plan.params_per_device + plan.grads_per_device + plan.optimizer_per_device,
+        "parameters/optimizer state: shard over more devices (a larger --mesh)": plan.params_per_device
+        + plan.grads_per_device
+        + plan.optimizer_per_device,
     }
     ranked = sorted(items.items(), key=lambda kv: -kv[1])
     return "; ".join(f"{name} ({value / GIB:.1f} GiB)" for name, value in ranked)
