@@ -359,6 +359,8 @@ def _positive_part(relation: Relation):
 
 def _proportional(a, b, positive: bool) -> bool:
     """a = c * b for a constant c (c > 0 when ``positive``), checked at points, then symbolically."""
+    if is_undefined(a) or is_undefined(b):
+        return False
     if a == b:
         return True
     free = sorted(a.free_symbols | b.free_symbols, key=lambda s: s.name)
@@ -386,7 +388,15 @@ def _proportional(a, b, positive: bool) -> bool:
 # Values
 
 
+def is_undefined(value) -> bool:
+    """Division by zero (``zoo``) or an indeterminate form (``nan``): equal to nothing, not even to
+    another undefined value (``1/0`` is not ``5/0``, ``12:00`` is not ``1:00``)."""
+    return isinstance(value, sympy.Basic) and value.has(sympy.zoo, sympy.nan)
+
+
 def _values_equal(a, b) -> bool:
+    if is_undefined(a) or is_undefined(b):
+        return False
     if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
         if not (isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase)) or a.shape != b.shape:
             return False

