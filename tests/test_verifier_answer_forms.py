@@ -55,3 +55,38 @@ def test_strict_mode_is_unchanged(response, gold, pred):
     verdict = strict_verdict(response, gold)
     assert not verdict.correct
     assert verdict.pred == pred
+
+
+@pytest.mark.parametrize(
+    "pred, gold, correct",
+    [
+        # thousands separators as LaTeX writes them
+        ("1,\\!000", "1000", True),
+        ("11,\\! 111,\\! 111,\\! 100", "11111111100", True),
+        ("1{,}000", "1000", True),
+        ("1{,}000", "1", False),
+        ("2{,}5", "2.5", True),  # {,} before other than three digits is a decimal comma
+        ("2{,}5", "25", False),
+        # mixed numbers where the answer is one number; a product elsewhere
+        ("2\\frac{1}{3}", "\\frac{7}{3}", True),
+        ("2\\frac{1}{3}", "\\frac{2}{3}", False),
+        ("-3\\frac{3}{4}", "-3.75", True),
+        ("2\\frac{x}{3}", "\\frac{2x}{3}", True),
+        # percentages against decimals, both ways; two percentages compare as written
+        ("10\\%", "0.1", True),
+        ("0.1", "10\\%", True),
+        ("10\\%", "10", True),
+        ("10\\%", "0.2", False),
+        ("10\\%", "1000\\%", False),
+        ("x + 10\\%", "0.1", False),
+        # \approx: the exact part and the approximate part are each a reading
+        ("x = 3 \\approx 3.0", "3", True),
+        ("x = \\frac{1}{3} \\approx 0.33", "\\frac{1}{3}", True),
+        ("x = \\frac{1}{3} \\approx 0.33", "0.33", True),
+        ("x = \\frac{1}{3} \\approx 0.33", "0.34", False),
+        ("x = 5+5+1 = 1/3 \\approx 11", "x = 1/3", True),
+        ("x \\approx 2", "3", False),
+    ],
+)
+def test_numbers_as_written(pred, gold, correct):
+    _check(B(pred), gold, correct)

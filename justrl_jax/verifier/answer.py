@@ -43,7 +43,8 @@ class SetOp:
 
 @dataclasses.dataclass(frozen=True)
 class Relation:
-    """A chain ``parts[0] ops[0] parts[1] ops[1] ...``; ops are "=", "<", "<=", ">", ">=", "!=", "in"."""
+    """A chain ``parts[0] ops[0] parts[1] ops[1] ...``; ops are "=", "~" (``\\approx``), "<", "<=", ">",
+    ">=", "!=", "in"."""
 
     ops: tuple[str, ...]
     parts: tuple[Any, ...]

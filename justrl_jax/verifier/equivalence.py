@@ -62,8 +62,22 @@ def equivalent(pred, gold) -> bool:
 
 
 def _readings(node) -> list:
+    approximate = _approximate_parts(node)
+    if approximate is not None:
+        return [r for part in approximate for r in _readings(part)]
     value = value_of(node)
     return [value] if value == node else [value, node]
+
+
+def _approximate_parts(node) -> list | None:
+    """``x = 1/3 \\approx 0.33``: the exact statement (``x = 1/3``) and the approximate value
+    (``0.33``), each a reading of the answer; None when ``node`` has no ``\\approx``."""
+    if not (isinstance(node, Relation) and "~" in node.ops and set(node.ops) <= {"=", "~"}):
+        return None
+    cut = node.ops.index("~")
+    exact_ops, exact_parts = node.ops[:cut], node.parts[: cut + 1]
+    exact = Relation(exact_ops, exact_parts) if exact_ops else exact_parts[0]
+    return [exact, node.parts[-1]]
 
 
 def _is_constant(value) -> bool:

@@ -167,7 +167,8 @@ _RELOPS = {
     "le": "<=",
     "ge": ">=",
     "ne": "!=",
-    "approx": "=",
+    "approx": "~",  # an approximate value: the comparison reads the exact and the approximate part
+    "sim": "~",
     "in": "in",
     "equiv": "=",
     "simeq": "=",

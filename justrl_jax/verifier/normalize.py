@@ -69,6 +69,8 @@ _SPACING = re.compile(
     r"(?![A-Za-z])|(?<!\\)\\[,;: ]|~"
 )
 _NEGATIVE_SPACE = re.compile(r"(?<!\\)\\!")  # "1,\!000": removed, not a space
+# "1,\!000", "11,\! 111": a comma with a negative space after it is LaTeX's thousands separator.
+_THOUSANDS_NEGATIVE_SPACE = re.compile(r"(?<=[0-9]),\s*\\!\s*(?=[0-9]{3}(?![0-9]))")
 _FRAC_ALIASES = re.compile(r"\\(?:dfrac|tfrac|cfrac)(?![A-Za-z])")
 _BINOM_ALIASES = re.compile(r"\\(?:dbinom|tbinom)(?![A-Za-z])")
 _DEGREES = re.compile(
@@ -113,7 +115,11 @@ _TRAILING_TEXT = re.compile(
     r"\\(?:text|textnormal|textbf|textit|textrm|mathrm|mbox)\s*"
     r"\{\s*(?P<words>[A-Za-z][A-Za-z .]*)\}(?:\s*\^\s*\{?[23]\}?)?\s*$"
 )
-_GROUPED_DIGITS = re.compile(r"(?<=[0-9])\s*\{\s*,\s*\}\s*(?=[0-9])")
+# "1{,}000" groups thousands; "2{,}5" is a decimal comma (typeset without the comma's space).
+_GROUPED_DIGITS = re.compile(r"(?<=[0-9])\s*\{\s*,\s*\}\s*(?=[0-9]{3}(?![0-9]))")
+_DECIMAL_GROUP_COMMA = re.compile(r"(?<=[0-9])\s*\{\s*,\s*\}\s*(?=[0-9])")
+# "2\frac{1}{3}", "-3 \frac{3}{4}": a whole number and a proper fraction written as one number.
+_MIXED_NUMBER = re.compile(r"([+-]?)([0-9]+)\s*\\frac\{([0-9]+)\}\{([0-9]+)\}")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
 _THOUSANDS_COMMA = re.compile(r"[+-]?[1-9][0-9]{0,2}(?:,[0-9]{3})+(?:\.[0-9]+)?")
 _THOUSANDS_SPACE = re.compile(r"[+-]?[1-9][0-9]{0,2}(?: [0-9]{3})+(?:\.[0-9]+)?")
@@ -248,6 +254,18 @@ def _strip_units(text: str) -> str:
     return text
 
 
+def _mixed_number(text: str) -> str:
+    """``2\\frac{1}{3}`` -> ``\\frac{7}{3}`` when the whole answer is that one number (a proper
+    fraction after a whole number); elsewhere juxtaposition stays a product (``2\\frac{x}{3}``)."""
+    m = _MIXED_NUMBER.fullmatch(text)
+    if m is None:
+        return text
+    sign, whole, num, den = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+    if not 0 < num < den or len(m.group(2)) + len(m.group(4)) > 100:
+        return text
+    return f"{'-' if sign == '-' else ''}\\frac{{{whole * den + num}}}{{{den}}}"
+
+
 def normalize_answer(text: str, gold_is_number: bool = False) -> str:
     """Normalises an answer span (see the module docstring); ``gold_is_number`` enables the
     thousands-separator and decimal-comma readings of a single number."""
@@ -257,6 +275,7 @@ def normalize_answer(text: str, gold_is_number: bool = False) -> str:
     text = text.replace("**", "")
     text = _SIZING.sub(" ", text)
     text = _NOISE.sub(" ", text)
+    text = _THOUSANDS_NEGATIVE_SPACE.sub("", text)
     text = _NEGATIVE_SPACE.sub("", text)
     text = _SPACING.sub(" ", text)
     text = _FRAC_ALIASES.sub(r"\\frac", text)
@@ -273,12 +292,14 @@ def normalize_answer(text: str, gold_is_number: bool = False) -> str:
     for pattern, replacement in _SHORT_FRAC:
         text = pattern.sub(replacement, text)
     text = _GROUPED_DIGITS.sub("", text)
+    text = _DECIMAL_GROUP_COMMA.sub(".", text)
     text = re.sub(r"\s+", " ", text).strip().rstrip(".,;: ").strip()
     text = _strip_units(text)
     if is_prose(text):
         number = last_number(text)
         if number is not None:
             text = number
+    text = _mixed_number(text)
     if gold_is_number:
         number = single_number(text)
         if number is not None:

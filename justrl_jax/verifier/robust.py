@@ -47,7 +47,11 @@ def _brace_depth(text: str) -> int:
 
 
 _PERCENT = re.compile(r"^[^%]*[0-9][^%]*\\?%\s*$|percent(?:age)?\s*$")
-PERCENT_MARK = "%"  # ends the gold key of a percentage gold: "25%" also accepts 0.25
+PERCENT_MARK = "%"  # ends the key of a percentage: "25%" is 25 or 0.25
+
+
+def _is_percent(span: str) -> bool:
+    return bool(_PERCENT.search(span.replace("\\%", "%").replace("$", "").strip()))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -64,8 +68,7 @@ def prepare_gold(gold: str) -> tuple[str, bool, int]:
         # "6,8": a list or 6.8, so not one number for the prediction's normalisation; the judge
         # accepts either reading.
         return key, False, extract.count_items(span)
-    percent = bool(_PERCENT.search(span.replace("\\%", "%").replace("$", "").strip()))
-    return number + (PERCENT_MARK if percent else ""), True, 1
+    return number + (PERCENT_MARK if _is_percent(span) else ""), True, 1
 
 
 def prepare(response: str, gold: str, max_answer_chars: int = 1000) -> Prepared:
@@ -86,7 +89,9 @@ def prepare(response: str, gold: str, max_answer_chars: int = 1000) -> Prepared:
         return Prepared(span, "", gold_key, VerdictStatus.TOO_LONG)
     if not key:
         return Prepared(span, "", gold_key, VerdictStatus.NO_ANSWER)
-    if key == gold_key or key + PERCENT_MARK == gold_key:
+    if _is_percent(refined) and normalize.single_number(key) is not None:
+        key = normalize.single_number(key) + PERCENT_MARK  # "10%": 10 or 0.1, as for the gold
+    if key.removesuffix(PERCENT_MARK) == gold_key.removesuffix(PERCENT_MARK):
         return Prepared(span, key, gold_key, VerdictStatus.OK, correct=True)
     return Prepared(span, key, gold_key)
 
@@ -106,7 +111,12 @@ def judge(pred_key: str, gold_key: str) -> tuple[bool, VerdictStatus]:
     if pred_key.replace(" ", "").casefold() == gold_key.replace(" ", "").casefold():
         return True, VerdictStatus.OK
     golds = [gold_key]
-    if gold_key.endswith(PERCENT_MARK):  # "25%": 25 or 0.25
+    if pred_key.endswith(PERCENT_MARK) and gold_key.endswith(PERCENT_MARK):
+        pred_key, gold_key = pred_key[:-1], gold_key[:-1]  # both percentages: the numbers compare
+        golds = [gold_key]
+    elif pred_key.endswith(PERCENT_MARK):  # "10%" against 0.1 or 10
+        pred_key, golds = pred_key[:-1], [gold_key, f"{gold_key} \\cdot 100"]
+    elif gold_key.endswith(PERCENT_MARK):  # "25%": 25 or 0.25
         golds = [gold_key[:-1], f"\\frac{{{gold_key[:-1]}}}{{100}}"]
     elif normalize.decimal_comma_reading(gold_key) is not None:  # "6,8": the list or 6.8
         golds.append(normalize.decimal_comma_reading(gold_key))
