@@ -90,3 +90,66 @@ def test_strict_mode_is_unchanged(response, gold, pred):
 )
 def test_numbers_as_written(pred, gold, correct):
     _check(B(pred), gold, correct)
+
+
+@pytest.mark.parametrize(
+    "pred, gold, correct",
+    [
+        ("odd", "\\text{odd}", True),
+        ("\\text{Odd}", "odd", True),
+        ("\\mathrm{EVEN}", "\\text{even}", True),
+        ("even", "\\text{odd}", False),
+        ("Yes", "\\text{yes}", True),
+        ("no", "\\text{yes}", False),
+        ("None", "\\textbf{none}", True),
+        ("odd", "d^2 o", False),  # a word is not a product of its letters
+        ("xy", "yx", True),  # other short runs of letters still are
+    ],
+)
+def test_words_are_words(pred, gold, correct):
+    _check(B(pred), gold, correct)
+
+
+def test_answer_words_parse_as_words():
+    from justrl_jax.verifier.answer import Word
+    from justrl_jax.verifier.latex import parse_answer
+
+    assert parse_answer("odd") == Word("odd")
+    assert parse_answer("YES") == Word("YES")
+
+
+@pytest.mark.parametrize(
+    "pred, gold, correct",
+    [
+        ("1", "|AB| = 1", True),
+        ("2", "|AB| = 1", False),
+        ("(5, 2)", "p=5, q=2", True),
+        ("5, 2", "p=5, q=2", True),
+        ("2, 5", "p=5, q=2", False),  # ordered as written
+        ("(2, 5)", "p=5, q=2", False),
+        ("q=2, p=5", "p=5, q=2", True),  # labelled on both sides: the labels decide
+        ("q=5, p=2", "p=5, q=2", False),
+        ("x=1, x=2", "2, 1", True),  # one unknown's roots stay unordered
+        ("(5,2),(7,2)", "p=5,q=2;p=7,q=2", True),
+        ("(5,2),(2,7)", "p=5,q=2;p=7,q=2", False),
+        ("4, 5", "AB=4,CD=5", True),
+        ("2x+1+x^2", "y = x^2+2x+1", True),
+        ("y = 2x+1+x^2", "x^2+2x+1", True),
+        ("2x+1+x^2", "y = x^2+2x+2", False),
+        ("f^{-1}(x) = 2x+3", "2x+3", True),
+        ("f^{-1}(x) = 2x+4", "2x+3", False),
+        ("19, 46, \\text{ and } 82", "19, 46, and 82", True),
+        ("3, 1", "(1, 3)", False),
+    ],
+)
+def test_relations_and_assignments(pred, gold, correct):
+    _check(B(pred), gold, correct)
+
+
+def test_inverse_function_parses():
+    import sympy
+
+    from justrl_jax.verifier.latex import parse_answer
+
+    assert parse_answer("f^{-1}(2)") == sympy.Function("f^{-1}")(sympy.Integer(2))
+    assert parse_answer("x^{-1}(x+1)") == (sympy.Symbol("x") + 1) / sympy.Symbol("x")

@@ -96,6 +96,8 @@ def is_label(node) -> bool:
         return node is not ELLIPSIS
     if isinstance(node, AppliedUndef):
         return True
+    if isinstance(node, sympy.Abs):  # |AB|, |z|
+        return is_label(node.args[0])
     if isinstance(node, sympy.Mul):
         return all(
             isinstance(a, sympy.Symbol)
@@ -109,6 +111,9 @@ def value_of(node):
     """The value an answer states: the right-hand side after a label, the set a condition on one
     variable describes, each item's value in a list."""
     if isinstance(node, Items):
+        if _assignments_of(node) is not None:
+            # "p = 5, q = 2": the values in the order written, (5, 2)
+            return Items(ItemsKind.TUPLE, tuple(value_of(v) for _, v in _assignments_of(node)), "()")
         return Items(node.kind, tuple(value_of(i) for i in node.items), node.brackets)
     if not isinstance(node, Relation):
         return node
@@ -136,11 +141,13 @@ def _condition_set(node: Relation):
     parts, ops = list(node.parts), list(node.ops)
     if ops[0][0] == ">":
         parts, ops = parts[::-1], [_INEQUALITY_FLIP[o] for o in ops[::-1]]
-    if len(parts) == 2 and is_label(parts[0]) and _is_constant(parts[1]):
+    # |z| is a label of a value but a condition on it is not an interval of z: it is solved below.
+    var = [is_label(p) and not isinstance(p, sympy.Abs) for p in parts]
+    if len(parts) == 2 and var[0] and _is_constant(parts[1]):
         return Interval(-sympy.oo, parts[1], True, ops[0] == "<")
-    if len(parts) == 2 and _is_constant(parts[0]) and is_label(parts[1]):
+    if len(parts) == 2 and _is_constant(parts[0]) and var[1]:
         return Interval(parts[0], sympy.oo, ops[0] == "<", True)
-    if len(parts) == 3 and is_label(parts[1]) and _is_constant(parts[0]) and _is_constant(parts[2]):
+    if len(parts) == 3 and var[1] and _is_constant(parts[0]) and _is_constant(parts[2]):
         return Interval(parts[0], parts[2], ops[0] == "<", ops[1] == "<")
     return _solve_condition(parts, ops)
 
@@ -234,6 +241,15 @@ def _dedupe(values: list) -> list:
     return out
 
 
+def _assignments_of(node: Items) -> list | None:
+    """[(label, value), ...] when a list assigns values to at least two different labels
+    (``p = 5, q = 2``); None otherwise (``x = 1, x = 2`` lists the roots of one unknown)."""
+    pairs = _labelled(node)
+    if pairs is None or len(_dedupe([label for label, _ in pairs])) != len(pairs):
+        return None
+    return pairs
+
+
 def _labelled(node) -> list | None:
     """[(label, value), ...] when ``node`` lists at least two "label = value" items, else None."""
     if not (isinstance(node, Items) and node.kind is not ItemsKind.TUPLE and len(node.items) > 1):
@@ -267,6 +283,8 @@ def _unordered_by(xs: list, ys: list, equal) -> bool:
 
 def _items_equal(a: Items, b: Items) -> bool:
     ordered = any(i is ELLIPSIS for i in a.items + b.items)
+    # A tuple against a bare list ("(5, 2)" and "5, 2"): the list is the tuple written without brackets.
+    ordered = ordered or {a.kind, b.kind} == {ItemsKind.TUPLE, ItemsKind.LIST}
     if a.kind is ItemsKind.TUPLE or b.kind is ItemsKind.TUPLE or ordered:
         if not (a.kind is b.kind or ordered):
             # (a, b) read as an open interval against a set of pieces is handled by _sets_equal

@@ -79,6 +79,8 @@ _TOKEN = re.compile(
 
 _CONNECTOR_WORDS = {"and", "or"}
 _MIN_WORD_LETTERS = 4  # a bare run of letters this long is a word, shorter runs are products
+# Short words that answer a question ("Is n odd?"): words in any case, never products of letters.
+ANSWER_WORDS = frozenset({"yes", "no", "odd", "even", "none", "all", "both", "true", "false", "not", "nor"})
 _MATRIX_ENVS = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix", "array"}
 
 
@@ -108,7 +110,7 @@ def tokenize(text: str) -> list[Token]:
                 tokens.append(Token("rowsep", "\\\\", start, pos))
         elif kind == "letters":
             word = m.group()
-            if word in _CONNECTOR_WORDS or len(word) >= _MIN_WORD_LETTERS:
+            if word in _CONNECTOR_WORDS or len(word) >= _MIN_WORD_LETTERS or word.casefold() in ANSWER_WORDS:
                 tokens.append(Token("word", word, start, pos))
             else:
                 tokens.extend(Token("letter", c, start + i, start + i + 1) for i, c in enumerate(word))
@@ -176,6 +178,7 @@ _RELOPS = {
 }
 _SETOPS = {"cup": "cup", "cap": "cap", "setminus": "setminus"}
 _FUNCTION_LETTERS = set("fghFGH")
+_INVERSE = ("^", "{", "-", "1", "}")  # the tokens of ^{-1} after a function letter
 _IMPLICIT_CMDS = (
     {"frac", "sqrt", "binom", "sum", "prod", "text"}
     | set(_FUNCTIONS)
@@ -282,11 +285,31 @@ class _Parser:
         return value
 
     def answer(self):
-        items = [self.relation()]
-        while self.at_op(",", ";") or (self.at("word") and self.tok.text in _CONNECTOR_WORDS):
+        """Items separated by ``;`` group the items separated by commas and connectors
+        (``p=5, q=2; p=7, q=2``); when no group has several items, all are one flat list."""
+        groups = [self.comma_list()]
+        while self.at_op(";"):
             self.advance()
+            groups.append(self.comma_list())
+        return groups[0] if len(groups) == 1 else Items(ItemsKind.LIST, tuple(groups))
+
+    def comma_list(self):
+        items = [self.relation()]
+        while self.at_op(",") or self.at_connector():
+            self.advance()
+            while self.at_connector():  # "19, 46, and 82"
+                self.advance()
             items.append(self.relation())
         return items[0] if len(items) == 1 else Items(ItemsKind.LIST, tuple(items))
+
+    def at_inverse(self) -> bool:
+        """At ``^{-1}(`` (or ``^-1(``)."""
+        ahead = self.tokens[self.i : self.i + len(_INVERSE) + 1]
+        texts = tuple(t.text for t in ahead)
+        return texts[: len(_INVERSE)] == _INVERSE and texts[len(_INVERSE) :] == ("(",)
+
+    def at_connector(self) -> bool:
+        return self.at("word") and self.tok.text in _CONNECTOR_WORDS
 
     def relation(self):
         parts = [self.setexpr()]
@@ -460,6 +483,11 @@ class _Parser:
             return _number(tok.text)
         if tok.kind == "letter":
             self.advance()
+            if tok.text in _FUNCTION_LETTERS and self.at_inverse():  # f^{-1}(x): the inverse function
+                self.i += len(_INVERSE)
+                args = self.bracketed()
+                args = args.items if isinstance(args, Items) else (args,)
+                return sympy.Function(f"{tok.text}^{{-1}}")(*[_need_expr(a, "function argument") for a in args])
             if tok.text in _FUNCTION_LETTERS and self.at_op("(") and self.tok.start == tok.end:
                 args = self.bracketed()
                 args = args.items if isinstance(args, Items) else (args,)
