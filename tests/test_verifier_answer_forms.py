@@ -153,3 +153,21 @@ def test_inverse_function_parses():
 
     assert parse_answer("f^{-1}(2)") == sympy.Function("f^{-1}")(sympy.Integer(2))
     assert parse_answer("x^{-1}(x+1)") == (sympy.Symbol("x") + 1) / sympy.Symbol("x")
+
+
+@pytest.mark.parametrize(
+    "response, gold, correct",
+    [
+        ("\\boxed{1} papers and \\boxed{2} bins", "1, 2", True),
+        ("$$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$$", "(3, 3), (1, 1)", True),
+        ("$$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$$", "(1, 1), (3, 3)", True),
+        ("\\boxed{1,2}", "\\boxed{1} papers and \\boxed{2} bins", True),  # a gold split over boxes
+        ("\\boxed{1,2}", "\\boxed{1} no no no no no \\boxed{2}", False),  # too much text: the last box
+        ("\\boxed{2}", "\\boxed{1} no no no no no \\boxed{2}", True),
+        ("\\boxed{1}. Later, \\boxed{2}", "1, 2", False),  # a new sentence: not one answer
+        ("\\boxed{8} and then we get \\boxed{9}", "9", True),  # a one-item gold takes the last box
+        ("\\boxed{8} and then we get \\boxed{9}", "8", False),
+    ],
+)
+def test_several_boxes(response, gold, correct):
+    _check(response, gold, correct)

@@ -11,8 +11,9 @@ Two rules live here:
   later; failing both, a closing "Therefore/Thus/Hence ..." sentence that ends the response
   and states exactly one number or math block. Never "the last number anywhere", never "any
   match", never a sentence cut off by truncation. Several boxes are joined only when the
-  gold has that many items and the boxes are separated by connectors alone ("and", commas,
-  ``\\quad``, a ``y_2 =`` label), so ``\\boxed{8} ... \\boxed{9}`` is 9.
+  gold has that many items and the boxes are separated by connectors ("and", commas,
+  ``\\quad``, a ``y_2 =`` label) or a short phrase within one sentence ("papers and"), so
+  ``\\boxed{8} ... \\boxed{9}`` is 9 for gold 9, and ``\\boxed{1}. Later, \\boxed{2}`` is 2.
 
 Everything here is linear in the response length: braces are matched once with a stack over the
 brace positions found by one regex pass, and each box looks its closing brace up in that table.
@@ -180,11 +181,28 @@ def _is_connector(separator: str) -> bool:
     return not any(c.isalnum() for c in rest) and "." not in rest
 
 
+_SEPARATOR_WORD = re.compile(r"[A-Za-z]+")
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n\s*\n")
+_MAX_SEPARATOR_WORDS = 4
+
+
+def _is_box_separator(separator: str) -> bool:
+    """Between two boxes of one answer: connectors, or a short phrase within one sentence
+    (``\\boxed{1} papers and \\boxed{2}``, ``\\text{ for part (a) and }``); not a new sentence
+    (``\\boxed{1}. Later, \\boxed{2}``) and not a longer stretch of text."""
+    if _is_connector(separator):
+        return True
+    if len(separator) > _MAX_SEPARATOR_CHARS or _SENTENCE_END.search(separator):
+        return False
+    words = [w for w in _SEPARATOR_WORD.findall(_CONNECTOR_PIECES.sub(" ", separator)) if w not in ("text", "mathrm")]
+    return len(words) <= _MAX_SEPARATOR_WORDS
+
+
 def _joined_tail(boxes: list[_Box], text: str) -> list[_Box]:
-    """The longest run of boxes at the end of ``boxes`` separated only by connectors."""
+    """The longest run of boxes at the end of ``boxes`` that one short phrase or connectors separate."""
     run = [boxes[-1]]
     for prev in reversed(boxes[:-1]):
-        if not _is_connector(text[prev.end : run[0].start]):
+        if not _is_box_separator(text[prev.end : run[0].start]):
             break
         run.insert(0, prev)
     return run
