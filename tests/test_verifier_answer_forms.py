@@ -9,6 +9,7 @@ import pytest
 from justrl_jax.verifier import robust_verdict, strict_verdict
 
 B = "The final answer is \\boxed{{{}}}.".format
+IDENTITY = "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}"
 
 
 def _check(response, gold, correct):
@@ -171,3 +172,39 @@ def test_inverse_function_parses():
 )
 def test_several_boxes(response, gold, correct):
     _check(response, gold, correct)
+
+
+@pytest.mark.parametrize(
+    "response, gold, correct",
+    [
+        ("Answer: $9$", "9", True),
+        ("Answer $ 9 $", "9", True),
+        ("Answer \\[ \n 9 \n \\]", "9", True),  # display math may span lines
+        ("Answer $ \n 9 \n $", "9", False),  # inline math may not
+        ("Answer \\( (9+1) \\)", "10", True),
+        ("the final answer is 1,000.99", "1000.99", True),
+        ("the number is not 10 which is 1,000.99€", "1000.99", True),
+        ("so the number is 10 which is 1,000.99m²", "1000.99", True),
+        ("28 percent", "28\\%", True),
+        ("$28$ percent", "0.28", True),
+        ("We find that $x \\lt 3$.", "x < 3", True),
+        ("The identity matrix is $ \\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix} $.", IDENTITY, True),
+        ("Lots of work.\nSo $y = 6$ So, the ordered pair is $(7, 6)$.", "(7, 6)", True),
+        # no statement: a response cut off, or one that ends in a digit without a period
+        ("Let me think. First we have $x=5$ and then", "5", False),
+        ("Therefore, the number of ways is 12", "12", False),
+        ("Step 1.\nWe get $x = 5$ and", "5", False),
+        ("Some text without a final answer", "5", False),
+    ],
+)
+def test_free_text_answers(response, gold, correct):
+    _check(response, gold, correct)
+
+
+def test_free_text_extraction_source():
+    from justrl_jax.verifier.extract import AnswerSource, final_answer
+
+    found = final_answer("The identity matrix is $I$.")
+    assert found.source is AnswerSource.FINAL_SENTENCE and found.span == "The identity matrix is $I$"
+    assert final_answer("Answer: $9$").source is AnswerSource.STATEMENT
+    assert final_answer("Let me think. First we have $x=5$ and then").source is AnswerSource.NONE

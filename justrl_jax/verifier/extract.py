@@ -100,6 +100,7 @@ class AnswerSource(enum.Enum):
     BOX = "box"  # the last complete \boxed{} / \fbox{} (or a group of joined boxes)
     STATEMENT = "statement"  # a "Final Answer: ..." / "final answer is ..." / "Answer: ..." line
     CONCLUSION = "conclusion"  # a closing "Therefore ... 12 ..." sentence with exactly one number
+    FINAL_SENTENCE = "final_sentence"  # the response's complete last sentence, holding math or a number
     NONE = "none"
 
 
@@ -292,7 +293,55 @@ def final_answer(response: str, gold_items: int = 1) -> Extraction:
     conclusion = _conclusion(text)
     if conclusion is not None:
         return Extraction(conclusion, AnswerSource.CONCLUSION)
+    final = _final_sentence(text)
+    if final is not None:
+        return Extraction(final, AnswerSource.FINAL_SENTENCE)
     return Extraction(None, AnswerSource.NONE)
+
+
+_LINE_PIECES = re.compile(r"\$\$.*?\$\$|\\\[.*?\\\]|\n", re.DOTALL)  # display math spans lines
+_MAX_FINAL_CHARS = 400
+
+
+def _final_sentence(text: str) -> str | None:
+    """The last sentence of the response when it states a math block or a number, as Math-Verify reads
+    a free-text answer (``Answer $9$``, ``28 percent``, ``The identity matrix is $I$.``). A response
+    of one line is its own statement; a longer one must end with a complete sentence (a period), so
+    a response cut off mid-sentence has no answer here, and neither has one sentence that ends in a
+    digit without a period. Inline math never spans a line break."""
+    text = text.rstrip()
+    tail = text[-2 * _MAX_FINAL_CHARS :]  # patterns run on the tail only: linear time
+    tail = _BOILERPLATE.sub("", tail).rstrip()
+    start = 0
+    for m in _LINE_PIECES.finditer(tail):
+        if m.group() == "\n":
+            start = m.end()
+    line = tail[start:].strip()
+    whole = start == 0 and len(tail) == len(text.rstrip()) or not tail[:start].strip()
+    if not line or not (whole or line.endswith(".")):
+        return None
+    mask = _math_mask(line)
+    cut = 0
+    for i in range(len(line) - 1):
+        if not mask[i] and line[i] in ".!?" and line[i + 1].isspace():
+            cut = i + 1
+        elif line[i] == "$" and line[i + 1] == " " and not mask[i + 1] and line[i + 2 : i + 3].isupper():
+            cut = i + 1  # "... $y = 6$ So, the pair is ...": a new sentence after math, no period
+    sentence = line[cut:].strip().rstrip(".").strip()
+    if len(sentence) > _MAX_FINAL_CHARS or (cut == 0 and len(line) == len(tail) < len(text)):
+        return None  # a sentence too long to be a statement, or one that starts before the window
+    # The answer ends the sentence: at most one word (a unit, "percent") after the last math block
+    # or digit, so "First we have $x=5$ and then" (cut off) states nothing.
+    ends = [m.end() for m in _MATH_SEGMENT.finditer(sentence)]
+    ends += [i + 1 for i, c in enumerate(sentence) if c.isdigit()]  # a digit inside math ends before it
+    if not ends or not _AT_MOST_ONE_WORD.fullmatch(sentence[max(ends) :]):
+        return None
+    if not line.endswith(".") and sentence[-1] in "0123456789":
+        return None  # "... the number of ways is 12" may have been cut inside the number
+    return sentence
+
+
+_AT_MOST_ONE_WORD = re.compile(r"[^A-Za-z]*(?:[A-Za-z]+[^A-Za-z]*)?")
 
 
 _BOILERPLATE = re.compile(r"(?i)I hope (?:it|this) is correct\.?$")

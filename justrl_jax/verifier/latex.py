@@ -84,6 +84,11 @@ ANSWER_WORDS = frozenset({"yes", "no", "odd", "even", "none", "all", "both", "tr
 _MATRIX_ENVS = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix", "array"}
 
 
+def _is_answer_word(word: str) -> bool:
+    # "NO" in \\frac{NO}{BO} is a segment, "No" and "no" are words.
+    return word.casefold() in ANSWER_WORDS and not (len(word) == 2 and word.isupper())
+
+
 def tokenize(text: str) -> list[Token]:
     tokens: list[Token] = []
     env_depth = 0
@@ -110,7 +115,7 @@ def tokenize(text: str) -> list[Token]:
                 tokens.append(Token("rowsep", "\\\\", start, pos))
         elif kind == "letters":
             word = m.group()
-            if word in _CONNECTOR_WORDS or len(word) >= _MIN_WORD_LETTERS or word.casefold() in ANSWER_WORDS:
+            if word in _CONNECTOR_WORDS or len(word) >= _MIN_WORD_LETTERS or _is_answer_word(word):
                 tokens.append(Token("word", word, start, pos))
             else:
                 tokens.extend(Token("letter", c, start + i, start + i + 1) for i, c in enumerate(word))
@@ -507,9 +512,7 @@ class _Parser:
                 self.advance()
                 value = self.answer() if not self.at_op("}") else Items(ItemsKind.SET, ())
                 self.expect_op("}")
-                if isinstance(value, Items) and value.kind is ItemsKind.LIST:
-                    return Items(ItemsKind.SET, value.items, "{}")
-                return value
+                return value  # {1,3} is a TeX group: the list 1, 3 (a set is written \\{1,3\\})
             if tok.text == "|":
                 self.advance()
                 value = _need_expr(self.sum(), "|..|")
