@@ -6,7 +6,12 @@ the same generated chain-of-thought responses (a few KB each, ending in a box, s
 with the same number of worker processes, after both pools are warm. Each response carries its
 true verdict by construction, so both are also scored for accuracy.
 
+A last line scores both on Math-Verify's own test pairs (tests/math_verify_cases.jsonl, the inputs
+and settings of tests/math_verify_suite.py), inline in this process, one pass each with cold
+caches: agreement with the expected verdicts, false positives, and mean time per case.
+
     python scripts/bench_verifier.py --n 512 --workers 2
+    python scripts/bench_verifier.py --suite-only
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import math
 import multiprocessing
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from justrl_jax.verifier import Verifier, VerifierConfig, VerifierMode, strict_verdict
 
@@ -160,13 +167,51 @@ def bench_math_verify(responses, golds, workers: int) -> tuple[float, list[bool]
     return elapsed, verdicts
 
 
+def bench_math_verify_suite() -> str:
+    """One line: robust mode and Math-Verify on Math-Verify's test pairs (accuracy, false positives,
+    mean time per case), both inline, each case scored once after a warm-up on other inputs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from math_verify_suite import load_cases, math_verify_verdict, response_of, scored_cases
+
+    from justrl_jax.verifier import robust
+
+    cases = scored_cases(load_cases())
+    inputs = [(response_of(c), c["gold"]) for c in cases]
+    # Warm both (imports, SymPy's and Math-Verify's first-call set-up) on inputs outside the suite.
+    warm = {"gold": "\\frac{1}{2}", "pred": "0.5", "settings": {"call": "verify(parse(gold), parse(pred))"}}
+    robust.robust_verdict("\\boxed{x^2+1}", "1+x^2")
+    math_verify_verdict(warm)
+    robust.prepare_gold.cache_clear()
+    robust._parse_gold.cache_clear()
+    start = time.perf_counter()
+    ours = [robust.robust_verdict(response, gold).correct for response, gold in inputs]
+    ours_s = (time.perf_counter() - start) / len(cases)
+    start = time.perf_counter()
+    theirs = [math_verify_verdict(c) for c in cases]
+    theirs_s = (time.perf_counter() - start) / len(cases)
+
+    def score(verdicts):
+        right = sum(v == c["expected"] for v, c in zip(verdicts, cases, strict=True))
+        false_pos = sum(v and not c["expected"] for v, c in zip(verdicts, cases, strict=True))
+        return f"{right}/{len(cases)} agree (false +{false_pos})"
+
+    return (
+        f"Math-Verify test suite, inline: justrl_jax robust {score(ours)}, {1000 * ours_s:.2f} ms/case; "
+        f"math-verify {score(theirs)}, {1000 * theirs_s:.2f} ms/case; robust is {theirs_s / ours_s:.1f}x faster"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=512, help="robust-mode responses")
     parser.add_argument("--strict-n", type=int, default=200_000, help="strict-mode responses")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--suite-only", action="store_true", help="only the Math-Verify test-suite line")
     args = parser.parse_args()
+    if args.suite_only:
+        print(bench_math_verify_suite())
+        return
 
     rate = bench_strict(args.strict_n)
     print(f"strict: {rate:,.0f} responses/s on one core (target >= 100,000)")
@@ -195,6 +240,7 @@ def main() -> None:
     ours = results["justrl_jax robust, no cache"][0]
     theirs = results["math-verify"][0]
     print(f"robust (no cache) is {theirs / ours:.1f}x faster than math-verify, {args.workers} workers each")
+    print(bench_math_verify_suite())
 
 
 if __name__ == "__main__":
