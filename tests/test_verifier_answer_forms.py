@@ -208,3 +208,30 @@ def test_free_text_extraction_source():
     assert found.source is AnswerSource.FINAL_SENTENCE and found.span == "The identity matrix is $I$"
     assert final_answer("Answer: $9$").source is AnswerSource.STATEMENT
     assert final_answer("Let me think. First we have $x=5$ and then").source is AnswerSource.NONE
+
+
+@pytest.mark.parametrize(
+    "text, gold",
+    [
+        ("$$" * 500_000, "5"),
+        ("\\[" * 500_000, "5"),
+        ("1 " * 500_000, "5"),
+        ("$1$ " * 250_000, "5"),
+        ("$ So" * 250_000, "5"),
+        ("\\boxed{1} papers and " * 50_000, "1, 2"),
+        ("\\boxed{1} a " * 80_000, "1, 2, 3"),
+        ("1,\\!" * 250_000, "1000"),
+        ("2{,}" * 250_000, "1000"),
+    ],
+    ids=lambda t: f"{t[:12]!r}x{len(t)}" if len(t) > 100 else t,
+)
+def test_new_forms_stay_linear_on_1mb_inputs(text, gold):
+    # The parent runs extraction and normalisation without a deadline; a generous bound that only a
+    # super-linear pass (minutes on 1 MB) would exceed.
+    import time
+
+    from justrl_jax.verifier.robust import prepare
+
+    start = time.perf_counter()
+    prepare(text, gold)
+    assert time.perf_counter() - start < 20.0

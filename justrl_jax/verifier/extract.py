@@ -199,14 +199,15 @@ def _is_box_separator(separator: str) -> bool:
     return len(words) <= _MAX_SEPARATOR_WORDS
 
 
-def _joined_tail(boxes: list[_Box], text: str) -> list[_Box]:
-    """The longest run of boxes at the end of ``boxes`` that one short phrase or connectors separate."""
-    run = [boxes[-1]]
-    for prev in reversed(boxes[:-1]):
-        if not _is_box_separator(text[prev.end : run[0].start]):
+def _joined_tail(boxes: list[_Box], text: str, limit: int | None = None) -> list[_Box]:
+    """The longest run of boxes at the end of ``boxes`` that one short phrase or connectors separate
+    (at most ``limit`` boxes: the walk back stops there, so it is linear in the boxes it keeps)."""
+    first = len(boxes) - 1
+    while first > 0 and (limit is None or len(boxes) - first < limit):
+        if not _is_box_separator(text[boxes[first - 1].end : boxes[first].start]):
             break
-        run.insert(0, prev)
-    return run
+        first -= 1
+    return boxes[first:]
 
 
 def _math_mask(text: str, inside_dollar: bool = False) -> list[bool]:
@@ -269,7 +270,7 @@ def final_answer(response: str, gold_items: int = 1) -> Extraction:
     boxes = _top_level_boxes(text)
     box_span, box_end = None, -1
     if boxes:
-        run = _joined_tail(boxes, text) if gold_items > 1 else [boxes[-1]]
+        run = _joined_tail(boxes, text, gold_items) if gold_items > 1 else [boxes[-1]]
         if len(run) < gold_items:
             run = run[-1:]
         else:
