@@ -87,6 +87,12 @@ def test_strict_mode_is_unchanged(response, gold, pred):
         ("x = \\frac{1}{3} \\approx 0.33", "0.34", False),
         ("x = 5+5+1 = 1/3 \\approx 11", "x = 1/3", True),
         ("x \\approx 2", "3", False),
+        # scientific notation; commas grouping thousands against any one-value gold
+        ("1.5e3", "1500", True),
+        ("2E-4", "0.0002", True),
+        ("1.5e3", "1.5", False),
+        ("1,000,000", "10^6", True),
+        ("1,000,000", "(1, 0, 0)", False),
     ],
 )
 def test_numbers_as_written(pred, gold, correct):

@@ -254,6 +254,16 @@ def _strip_units(text: str) -> str:
     return text
 
 
+# "1.5e3", "2E-4": a number in scientific notation (a digit must follow the exponent's sign).
+_SCIENTIFIC = re.compile(r"(?<![A-Za-z0-9_\\.])([0-9]+(?:\.[0-9]+)?)[eE]([+-]?[0-9]{1,4})(?![A-Za-z0-9_])")
+
+
+def thousands_number(text: str) -> str | None:
+    """The canonical number when ``text`` is one number grouped by commas (``1,000,000``), else None."""
+    text = text.strip()
+    return canonical_number(text.replace(",", "")) if _THOUSANDS_COMMA.fullmatch(text) else None
+
+
 def _mixed_number(text: str) -> str:
     """``2\\frac{1}{3}`` -> ``\\frac{7}{3}`` when the whole answer is that one number (a proper
     fraction after a whole number); elsewhere juxtaposition stays a product (``2\\frac{x}{3}``)."""
@@ -300,6 +310,7 @@ def normalize_answer(text: str, gold_is_number: bool = False) -> str:
         if number is not None:
             text = number
     text = _mixed_number(text)
+    text = _SCIENTIFIC.sub(r"\1 \\times 10^{\2}", text)
     if gold_is_number:
         number = single_number(text)
         if number is not None:

@@ -89,6 +89,8 @@ def prepare(response: str, gold: str, max_answer_chars: int = 1000) -> Prepared:
         return Prepared(span, "", gold_key, VerdictStatus.TOO_LONG)
     if not key:
         return Prepared(span, "", gold_key, VerdictStatus.NO_ANSWER)
+    if gold_items == 1 and normalize.thousands_number(key) is not None:
+        key = normalize.thousands_number(key)  # "1,000,000" against one value (10^6) is one number
     if (_is_percent(refined) or _is_percent(span)) and normalize.single_number(key) is not None:
         key = normalize.single_number(key) + PERCENT_MARK  # "10%": 10 or 0.1, as for the gold
     if key.removesuffix(PERCENT_MARK) == gold_key.removesuffix(PERCENT_MARK):
