@@ -241,3 +241,17 @@ def test_new_forms_stay_linear_on_1mb_inputs(text, gold):
     start = time.perf_counter()
     prepare(text, gold)
     assert time.perf_counter() - start < 20.0
+
+
+@pytest.mark.parametrize(
+    "response, gold, correct",
+    [
+        ("The answer is 4", "4", True),
+        ("The answer is 5", "4", False),
+        ("So the answer is $\\frac{1}{2}$, I think.", "0.5", True),
+        ("\\boxed{5}. I checked it twice: the answer is correct.", "5", True),  # a remark, not a statement
+        ("\\boxed{5}. Wait, the answer is $6$.", "6", True),  # a later statement overrides the box
+    ],
+)
+def test_answer_is_statements(response, gold, correct):
+    _check(response, gold, correct)

@@ -117,7 +117,9 @@ _SPECIAL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|<｜[^｜<>]{1,40}｜>")
 _BRACE_TOKEN = re.compile(r"\\\\|\\[{}]|[{}]")
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_BARE = re.compile(r"\\boxed[ \t]+([^\s${}\\]+)")
-_STATEMENT_MARKER = re.compile(r"(?i)\bfinal\s+answer\b\s*(?:is\b\s*:?|:|=)?\s*|\banswer\s*:\s*")
+_STATEMENT_MARKER = re.compile(
+    r"(?i)\bfinal\s+answer\b\s*(?:is\b\s*:?|:|=)?\s*|\banswer\s*:\s*|\bthe\s+answer\s+is\b\s*:?\s*"
+)
 _LOOSE_MARKER = re.compile(r"(?i)\b(?:final\s+)?answer\b\s*(?:is\b\s*:?|:|=)?\s*")
 _MAX_STATEMENT_CHARS = 2000
 
@@ -287,7 +289,9 @@ def final_answer(response: str, gold_items: int = 1) -> Extraction:
         # Markdown around the statement ("**Final Answer**", "### Answer:") is not the answer.
         statement = _sentence(text[last.end() :].lstrip(" *#:_\t")).strip(" *#_\t\n")
         statement_start = last.start()
-    if statement and statement_start >= box_end:
+    # After a box, a statement overrides it only when it states something mathematical ("the answer
+    # is $5$"), not a remark ("\\boxed{5}. I checked: the answer is correct").
+    if statement and statement_start >= box_end and (box_span is None or re.search(r"[0-9$\\]", statement)):
         return Extraction(statement, AnswerSource.STATEMENT)
     if box_span is not None:
         return Extraction(box_span, AnswerSource.BOX)
