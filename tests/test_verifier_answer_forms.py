@@ -73,6 +73,8 @@ def test_strict_mode_is_unchanged(response, gold, pred):
         ("2\\frac{1}{3}", "\\frac{2}{3}", False),
         ("-3\\frac{3}{4}", "-3.75", True),
         ("2\\frac{x}{3}", "\\frac{2x}{3}", True),
+        ("7 3/4", "7.75", True),
+        ("7 3/4", "\\frac{21}{4}", False),
         # percentages against decimals, both ways; two percentages compare as written
         ("10\\%", "0.1", True),
         ("0.1", "10\\%", True),

@@ -119,7 +119,7 @@ _TRAILING_TEXT = re.compile(
 _GROUPED_DIGITS = re.compile(r"(?<=[0-9])\s*\{\s*,\s*\}\s*(?=[0-9]{3}(?![0-9]))")
 _DECIMAL_GROUP_COMMA = re.compile(r"(?<=[0-9])\s*\{\s*,\s*\}\s*(?=[0-9])")
 # "2\frac{1}{3}", "-3 \frac{3}{4}": a whole number and a proper fraction written as one number.
-_MIXED_NUMBER = re.compile(r"([+-]?)([0-9]+)\s*\\frac\{([0-9]+)\}\{([0-9]+)\}")
+_MIXED_NUMBER = re.compile(r"([+-]?)([0-9]+)(?:\s*\\frac\{([0-9]+)\}\{([0-9]+)\}|\s+([0-9]+)/([0-9]+))")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
 _THOUSANDS_COMMA = re.compile(r"[+-]?[1-9][0-9]{0,2}(?:,[0-9]{3})+(?:\.[0-9]+)?")
 _THOUSANDS_SPACE = re.compile(r"[+-]?[1-9][0-9]{0,2}(?: [0-9]{3})+(?:\.[0-9]+)?")
@@ -265,13 +265,17 @@ def thousands_number(text: str) -> str | None:
 
 
 def _mixed_number(text: str) -> str:
-    """``2\\frac{1}{3}`` -> ``\\frac{7}{3}`` when the whole answer is that one number (a proper
+    """``2\\frac{1}{3}`` or ``2 1/3`` -> ``\\frac{7}{3}`` when the whole answer is that one number (a proper
     fraction after a whole number); elsewhere juxtaposition stays a product (``2\\frac{x}{3}``)."""
     m = _MIXED_NUMBER.fullmatch(text)
     if m is None:
         return text
-    sign, whole, num, den = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
-    if not 0 < num < den or len(m.group(2)) + len(m.group(4)) > 100:
+    sign, whole = m.group(1), m.group(2)
+    num, den = (m.group(3), m.group(4)) if m.group(3) else (m.group(5), m.group(6))
+    if len(whole) + len(den) > 100:  # no big-integer work on hostile input
+        return text
+    whole, num, den = int(whole), int(num), int(den)
+    if not 0 < num < den:
         return text
     return f"{'-' if sign == '-' else ''}\\frac{{{whole * den + num}}}{{{den}}}"
 
