@@ -74,6 +74,10 @@ def test_strict_mode_is_unchanged(response, gold, pred):
         ("-3\\frac{3}{4}", "-3.75", True),
         ("2\\frac{x}{3}", "\\frac{2x}{3}", True),
         ("7 3/4", "7.75", True),
+        # repeating decimals
+        ("0.\\overline{3}", "\\frac13", True),
+        ("1.2\\overline{45}", "\\frac{137}{110}", True),
+        ("0.\\overline{3}", "0.3", False),
         ("7 3/4", "\\frac{21}{4}", False),
         # percentages against decimals, both ways; two percentages compare as written
         ("10\\%", "0.1", True),
@@ -149,6 +153,12 @@ def test_answer_words_parse_as_words():
         ("f^{-1}(x) = 2x+4", "2x+3", False),
         ("19, 46, \\text{ and } 82", "19, 46, and 82", True),
         ("3, 1", "(1, 3)", False),
+        ("m+n=5", "5", True),  # a sum of unknowns names the quantity asked for
+        ("2m+n=5", "5", False),
+        ("x<-2 \\text{ or } x>3", "(-\\infty,-2)\\cup(3,\\infty)", True),
+        ("x<-2 \\text{ or } x>4", "(-\\infty,-2)\\cup(3,\\infty)", False),
+        ("\\mathbb{R}", "(-\\infty, \\infty)", True),
+        ("\\mathbb{R}", "\\mathbb{Z}", False),
     ],
 )
 def test_relations_and_assignments(pred, gold, correct):

@@ -98,6 +98,8 @@ def is_label(node) -> bool:
         return True
     if isinstance(node, sympy.Abs):  # |AB|, |z|
         return is_label(node.args[0])
+    if isinstance(node, sympy.Add):  # m + n, a + b + c: the quantity asked for
+        return all(isinstance(a, sympy.Symbol) and a is not ELLIPSIS for a in node.args)
     if isinstance(node, sympy.Mul):
         return all(
             isinstance(a, sympy.Symbol)
@@ -315,6 +317,8 @@ def _pieces(node) -> list | None:
         return [interval]
     if isinstance(node, Items) and node.kind is ItemsKind.SET:
         return [node]
+    if isinstance(node, Items) and node.kind is ItemsKind.LIST and all(isinstance(i, Interval) for i in node.items):
+        return list(node.items)  # "x < -2 or x > 3": the union of the conditions' intervals
     return None
 
 

@@ -600,6 +600,8 @@ class _Parser:
             start = self.tok.start
             self.argument(allow_sign=False)
             raw = re.sub(r"\s+", "", self.text[start : self.tokens[self.i - 1].end]).strip("{}")
+            if name == "mathbb" and raw == "R":  # the real line, as the interval it is
+                return Interval(-sympy.oo, sympy.oo, True, True)
             return sympy.Symbol(f"\\{name}{{{raw}}}")
         if name in _RELOPS or name in _SETOPS or name in ("cdot", "times", "div", "pm", "mp"):
             raise ParseError(f"unexpected \\{name}")

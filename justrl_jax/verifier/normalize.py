@@ -264,6 +264,18 @@ def thousands_number(text: str) -> str | None:
     return canonical_number(text.replace(",", "")) if _THOUSANDS_COMMA.fullmatch(text) else None
 
 
+# "0.\\overline{3}", "1.2\\overline{45}": a repeating decimal.
+_REPEATING = re.compile(r"(?<![0-9.])([0-9]{0,30})\.([0-9]{0,30})\\overline\{([0-9]{1,30})\}")
+
+
+def _repeating_decimal(m: re.Match) -> str:
+    whole, fixed, repeat = m.group(1) or "0", m.group(2), m.group(3)
+    # x = whole.fixed(repeat)...: x * 10^k * (10^r - 1) = (whole fixed repeat) - (whole fixed)
+    den = 10 ** len(fixed) * (10 ** len(repeat) - 1)
+    num = int(whole + fixed + repeat) - int(whole + fixed)
+    return f"\\frac{{{num}}}{{{den}}}"
+
+
 def _mixed_number(text: str) -> str:
     """``2\\frac{1}{3}`` or ``2 1/3`` -> ``\\frac{7}{3}`` when the whole answer is that one number (a proper
     fraction after a whole number); elsewhere juxtaposition stays a product (``2\\frac{x}{3}``)."""
@@ -313,6 +325,7 @@ def normalize_answer(text: str, gold_is_number: bool = False) -> str:
         number = last_number(text)
         if number is not None:
             text = number
+    text = _REPEATING.sub(_repeating_decimal, text)
     text = _mixed_number(text)
     text = _SCIENTIFIC.sub(r"\1 \\times 10^{\2}", text)
     if gold_is_number:
