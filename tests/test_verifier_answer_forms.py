@@ -74,6 +74,12 @@ def test_strict_mode_is_unchanged(response, gold, pred):
         ("-3\\frac{3}{4}", "-3.75", True),
         ("2\\frac{x}{3}", "\\frac{2x}{3}", True),
         ("7 3/4", "7.75", True),
+        # units typeset after a number
+        ("300 \\mathrm{~K}", "300", True),
+        ("4.5 \\mathrm{~m/s}", "4.5", True),
+        ("9.8\\,\\mathrm{m\\,s^{-2}}", "9.8", True),
+        ("1.3 \\times 10^{-3}\\ \\mathrm{m}", "1.3e-3", True),
+        ("300 \\mathrm{~K}", "301", False),
         # repeating decimals
         ("0.\\overline{3}", "\\frac13", True),
         ("1.2\\overline{45}", "\\frac{137}{110}", True),

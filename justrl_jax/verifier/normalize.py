@@ -116,6 +116,12 @@ _TRAILING_TEXT = re.compile(
     r"\{\s*(?P<words>[A-Za-z][A-Za-z .]*)\}(?:\s*\^\s*\{?[23]\}?)?\s*$"
 )
 # "1{,}000" groups thousands; "2{,}5" is a decimal comma (typeset without the comma's space).
+# A unit typeset after a number: "300 \\mathrm{~K}", "4.5\\,\\mathrm{m/s}", "9.8\\,\\mathrm{m\\,s^{-2}}" (one level
+# of braces inside), with an optional power after it.
+_TRAILING_UNIT_COMMAND = re.compile(
+    r"(?<=[0-9}])\s*\\(?:mathrm|text|textrm|textnormal|mbox|rm)\s*"
+    r"\{(?P<unit>[^{}]{0,60}(?:\{[^{}]{0,20}\}[^{}]{0,60}){0,4})\}(?:\s*\^\s*\{?-?[0-9]\}?)?\s*$"
+)
 _GROUPED_DIGITS = re.compile(r"(?<=[0-9])\s*\{\s*,\s*\}\s*(?=[0-9]{3}(?![0-9]))")
 _DECIMAL_GROUP_COMMA = re.compile(r"(?<=[0-9])\s*\{\s*,\s*\}\s*(?=[0-9])")
 # "2\frac{1}{3}", "-3 \frac{3}{4}": a whole number and a proper fraction written as one number.
@@ -238,6 +244,17 @@ def last_number(text: str) -> str | None:
     return found[-1] if found else None
 
 
+def _strip_unit_command(text: str) -> str:
+    """Drops a ``\\mathrm{}``/``\\text{}`` unit that ends an answer after a number (not a connector
+    word, and not the whole answer)."""
+    m = _TRAILING_UNIT_COMMAND.search(text)
+    if m is None or not re.search(r"[A-Za-z]", m.group("unit")) or not text[: m.start()].strip():
+        return text
+    if m.group("unit").strip(" ~").lower() in _CONNECTORS:
+        return text
+    return text[: m.start()].rstrip()
+
+
 def _strip_units(text: str) -> str:
     for _ in range(3):
         m = _TRAILING_TEXT.search(text)
@@ -310,6 +327,7 @@ def normalize_answer(text: str, gold_is_number: bool = False) -> str:
     text = text.replace("\\$", "").replace("\\%", "%").replace("$", "")
     text = re.sub(r"\\[()\[\]]", " ", text)
     text = _unwrap_whole_box(text.strip())
+    text = _strip_unit_command(text)
     text = text.replace("%", " ")
     text = re.sub(r"\s+", " ", text).strip().rstrip(".,;: ").strip()
     text = _unwrap_text(text)
