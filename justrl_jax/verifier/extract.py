@@ -7,10 +7,13 @@ Two rules live here:
   DAPO). An incomplete last box is no answer (DAPO does not fall back to an earlier box).
 * ``final_answer``: the robust extraction. Text after the last ``</think>`` (a missing tag is not
   an error), cut at the first chat special token; the last complete ``\\boxed{}``/``\\fbox{}`` (or
-  ``\\boxed 5``) or the last "Final Answer:"/"final answer is"/"Answer:" statement, whichever comes
-  later; failing both, a closing "Therefore/Thus/Hence ..." sentence that ends the response
-  and states exactly one number or math block. Never "the last number anywhere", never "any
-  match", never a sentence cut off by truncation. Several boxes are joined only when the
+  ``\\boxed 5``) or the last "Final Answer:"/"final answer is"/"the answer is"/"Answer:" statement,
+  whichever comes later (a statement after the box must state math); failing both, a closing
+  "Therefore/Thus/Hence ..." sentence that ends the response and states exactly one number or
+  math block; failing that, the response's last sentence when it ends with a math block or a
+  number (at most one word, a unit, after it), as Math-Verify reads free text: the whole
+  response when it is one line, else a complete sentence ending with a period. Never "the last
+  number anywhere", never "any match", never a sentence cut off by truncation. Several boxes are joined only when the
   gold has that many items and the boxes are separated by connectors ("and", commas,
   ``\\quad``, a ``y_2 =`` label) or a short phrase within one sentence ("papers and"), so
   ``\\boxed{8} ... \\boxed{9}`` is 9 for gold 9, and ``\\boxed{1}. Later, \\boxed{2}`` is 2.

@@ -4,8 +4,12 @@ Applied identically to the prediction and the gold, so that equal strings afterw
 answers (the first, free step of the equivalence cascade, and the cache key). It only removes
 notation that never changes a value: spacing, ``\\left``/``\\right``, ``^\\circ``, ``%``, currency,
 a trailing period, ``\\dfrac``/``\\tfrac``, ``\\frac12``/``\\sqrt2`` shorthand, ``\\text{}`` wrappers,
-a short list of units after a number, markdown bold, thousands separators (only when the gold is
-one number), and canonical integers/decimals (``025``, ``+25``, ``25.0`` -> ``25``).
+a short list of units and any ``\\mathrm{}``/``\\text{}`` unit after a number, markdown bold,
+thousands separators (``1,\\!000`` and ``1{,}000`` always, plain commas and spaces only when the gold
+is one number), and canonical integers/decimals (``025``, ``+25``, ``25.0`` -> ``25``). Some
+notations are rewritten into the plain form of the same value: mixed numbers (``2\\frac{1}{3}``,
+``7 3/4``) when they are the whole answer, repeating decimals (``0.\\overline{3}``) and scientific
+notation (``1.5e3``).
 
 Every pattern here is linear (no nested quantifiers), and the input is already capped at
 ``max_answer_chars`` by the caller, so normalisation time is bounded.
