@@ -142,6 +142,8 @@ def test_answer_words_parse_as_words():
     [
         ("1", "|AB| = 1", True),
         ("2", "|AB| = 1", False),
+        ("|x| = 2", "x = 2", False),  # a condition on x, not x's value
+        ("3", "|\\overline{AB}| = 3", True),
         ("(5, 2)", "p=5, q=2", True),
         ("5, 2", "p=5, q=2", True),
         ("2, 5", "p=5, q=2", False),  # ordered as written

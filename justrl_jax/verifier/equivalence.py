@@ -96,8 +96,11 @@ def is_label(node) -> bool:
         return node is not ELLIPSIS
     if isinstance(node, AppliedUndef):
         return True
-    if isinstance(node, sympy.Abs):  # |AB|, |z|
-        return is_label(node.args[0])
+    if isinstance(node, sympy.Abs):  # |AB|, |\\vec{v}|: a length; |x| = 2 is a condition on x, not x's value
+        inner = node.args[0]
+        return (isinstance(inner, sympy.Mul) and is_label(inner)) or (
+            isinstance(inner, sympy.Symbol) and inner.name.startswith("\\")
+        )
     if isinstance(node, sympy.Add):  # m + n, a + b + c: the quantity asked for
         return all(isinstance(a, sympy.Symbol) and a is not ELLIPSIS for a in node.args)
     if isinstance(node, sympy.Mul):
