@@ -221,6 +221,8 @@ def test_several_boxes(response, gold, correct):
         ("Therefore, the number of ways is 12", "12", False),
         ("Step 1.\nWe get $x = 5$ and", "5", False),
         ("Some text without a final answer", "5", False),
+        ("<think>Lots of work.\nSo the total is $12$.", "12", False),  # thinking never finished
+        ("<think>Lots of work.</think>\nSo the total is $12$.", "12", True),
     ],
 )
 def test_free_text_answers(response, gold, correct):

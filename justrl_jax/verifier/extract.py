@@ -301,7 +301,10 @@ def final_answer(response: str, gold_items: int = 1) -> Extraction:
     conclusion = _conclusion(text)
     if conclusion is not None:
         return Extraction(conclusion, AnswerSource.CONCLUSION)
-    final = _final_sentence(text)
+    # Reasoning that opened a <think> block and never closed it was cut off: its last sentence is
+    # an intermediate step, not a final answer.
+    unfinished = _THINK_END not in response and "<think>" in response
+    final = None if unfinished else _final_sentence(text)
     if final is not None:
         return Extraction(final, AnswerSource.FINAL_SENTENCE)
     return Extraction(None, AnswerSource.NONE)
