@@ -34,16 +34,19 @@ def load_cases() -> list[dict]:
 
 def scored_cases(cases: list[dict]) -> list[dict]:
     """The pairs robust mode is held to: where the same (gold, prediction) is expected both ways
-    under different settings, only the pair checked under OUR_SETTINGS."""
-    verdicts: dict[tuple[str, str], set[bool]] = {}
+    under different settings, only the pair whose varying settings are OUR_SETTINGS."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for case in cases:
-        verdicts.setdefault((case["gold"], case["pred"]), set()).add(case["expected"])
-    return [
-        case
-        for case in cases
-        if len(verdicts[case["gold"], case["pred"]]) == 1
-        or all(case["settings"].get(k, v) == v for k, v in OUR_SETTINGS.items())
-    ]
+        groups.setdefault((case["gold"], case["pred"]), []).append(case)
+
+    def keep(case: dict) -> bool:
+        group = groups[case["gold"], case["pred"]]
+        if len({c["expected"] for c in group}) == 1:
+            return True
+        varying = [k for k in OUR_SETTINGS if len({c["settings"].get(k) for c in group}) > 1]
+        return bool(varying) and all(case["settings"].get(k) == OUR_SETTINGS[k] for k in varying)
+
+    return [case for case in cases if keep(case)]
 
 
 def is_bare(pred: str) -> bool:
