@@ -1,4 +1,8 @@
-"""../shared/verifier_cases_dev.jsonl, loaded once for the verifier tests (``JUSTRL_VERIFIER_CASES`` overrides)."""
+"""The verifier dev cases, loaded once for the verifier tests (``JUSTRL_VERIFIER_CASES`` overrides).
+
+``tests/verifier_cases_dev.jsonl`` is a copy of ``../shared/verifier_cases_dev.jsonl`` kept in the repository, so a
+fresh clone (and CI) runs these tests instead of skipping them.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,7 @@ import json
 import os
 from pathlib import Path
 
-CASES_PATH = Path(
-    os.environ.get("JUSTRL_VERIFIER_CASES", Path(__file__).resolve().parents[2] / "shared" / "verifier_cases_dev.jsonl")
-)
+CASES_PATH = Path(os.environ.get("JUSTRL_VERIFIER_CASES", Path(__file__).resolve().parent / "verifier_cases_dev.jsonl"))
 
 
 def load_cases() -> list[dict]:
