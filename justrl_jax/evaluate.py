@@ -58,7 +58,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=["eval", "train", "raw"],
         help="eval: 'problem Please reason...' (JustRL's evals); train: the '\\n\\n' variant",
     )
-    p.add_argument("--verifier", default="robust", choices=["robust", "strict"])
+    p.add_argument(
+        "--grader",
+        "--verifier",
+        dest="verifier",
+        default="robust",
+        choices=["robust", "justrl", "strict"],
+        help="justrl: JustRL's evaluation rule (with --judge: the paper's two-stage grading)",
+    )
     p.add_argument("--verifier-workers", type=int, default=4)
     p.add_argument(
         "--dtype",

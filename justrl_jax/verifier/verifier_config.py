@@ -16,10 +16,13 @@ import math
 
 class VerifierMode(enum.Enum):
     """STRICT is JustRL's training reward (DAPO strict box, raw string equality); ROBUST extracts,
-    normalises and compares answers mathematically (for ablations and evaluation)."""
+    normalises and compares answers mathematically (for ablations and evaluation); JUSTRL is the
+    rule stage of JustRL's evaluation grader (``justrl_rule``: last box anywhere, MATH
+    normalisation or SymPy), run in the worker pool like ROBUST."""
 
     STRICT = "strict"
     ROBUST = "robust"
+    JUSTRL = "justrl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +64,7 @@ class VerifierConfig:
     mode: VerifierMode = VerifierMode.STRICT
     correct_reward: float = 1.0
     incorrect_reward: float = -1.0  # also the reward of no answer, timeouts, guards and errors
-    workers: int = 4  # robust mode: worker processes (strict mode starts none)
+    workers: int = 4  # robust and justrl modes: worker processes (strict mode starts none)
     sample_timeout_s: float = 2.0  # robust mode: a sample running longer gets its worker killed
     batch_timeout_s: float = 300.0  # robust mode: samples unfinished by then score as timeouts
     max_tasks_per_worker: int = 5000  # robust mode: a worker is replaced after this many samples

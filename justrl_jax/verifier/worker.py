@@ -10,7 +10,8 @@ It is started by ``pool.WorkerPool`` as ``python -I -c BOOTSTRAP FD MEMORY_MB SY
 * imports SymPy and the parser once, says "ready", then serves requests until told to stop.
 
 Requests are ``(task_id, kind, args)`` with ``kind`` from a fixed table: ``judge`` (the robust
-comparison), ``probe`` (pid, limits and imported top-level packages, for health checks), and
+comparison), ``justrl`` (JustRL's evaluation rule on an extracted answer), ``probe`` (pid,
+limits and imported top-level packages, for health checks), and
 ``power`` (an exact big-integer power: a real computation stuck in C that only SIGKILL can
 stop) and ``allocate`` (a byte buffer of a given size), the last two to exercise the deadline and
 the memory cap. Replies are ``(task_id, ok, value)``.
@@ -80,8 +81,11 @@ def main(argv: list[str]) -> None:
     from justrl_jax.verifier.robust import judge
 
     latex.parse_answer("x + 1 = \\frac{1}{2}")
+    from justrl_jax.verifier.justrl_rule import grade_extracted
+
     tasks = {
         "judge": lambda pred, gold: _judge(judge, pred, gold),
+        "justrl": lambda answer, gold: (grade_extracted(answer, gold), "ok"),
         "probe": _probe,
         "power": _power,
         "allocate": _allocate,
