@@ -169,6 +169,8 @@ def test_table_jsonl_resume_and_repeat(setup, capsys):
     row = f"| tiny | {' | '.join(expected_cells)} | {100 * mean:.2f} |"
     assert "| Model | AIME24@4 | HMMT25@4 | Avg |" in table and row in table
     assert row in (full / "results.md").read_text()
+    eos = AutoTokenizer.from_pretrained(model).eos_token_id
+    assert json.loads((full / "aime24.meta.json").read_text())["eos_ids"] == [eos]  # the stop set is recorded
     responses = [r["response"] for name in golds for r in _records(full, name)]
     assert len(set(responses)) == 2, "the seeds should give both digits somewhere"
 

@@ -330,7 +330,7 @@ def evaluate(
     benchmarks = load_benchmarks(data_dir, specs, max_problems=cfg.max_problems)
     stores = {b.spec.name: SampleStore(out, b.spec.name) for b in benchmarks}
     for b in benchmarks:  # refuse a mismatched resume before compiling anything
-        stores[b.spec.name].check_meta(_meta(cfg, b, model_name, extra_meta))
+        stores[b.spec.name].check_meta(_meta(cfg, b, model_name, extra_meta, eos_ids))
     graphdef, params = nnx.split(model, nnx.Param)  # a model with other state is an error here
     generator = CompletionGenerator(
         graphdef,
@@ -373,11 +373,12 @@ def evaluate(
     return EvalOutcome(report, tuple(progress), out)
 
 
-def _meta(cfg: EvalConfig, benchmark: Benchmark, model_name: str, extra: dict | None) -> dict:
+def _meta(cfg: EvalConfig, benchmark: Benchmark, model_name: str, extra: dict | None, eos_ids=()) -> dict:
     """The settings that decide what a sample is; a resume must match them all."""
     return {
         "model": model_name,
         **(extra or {}),
+        "eos_ids": [int(i) for i in eos_ids],  # generation stops on any of them
         "benchmark": benchmark.spec.name,
         "data_fingerprint": benchmark.fingerprint,
         "n_problems": len(benchmark.examples),
