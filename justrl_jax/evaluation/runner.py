@@ -40,7 +40,7 @@ from flax import nnx
 from justrl_jax.data import collate, encode_examples
 from justrl_jax.evaluation.benchmarks import VALIDATION_BENCHMARKS, BenchmarkSpec, find_benchmark_file
 from justrl_jax.evaluation.eval_config import EvalConfig
-from justrl_jax.evaluation.report import EvalReport, score_benchmark, write_report
+from justrl_jax.evaluation.report import RULE_ONLY_NOTE, EvalReport, score_benchmark, write_report
 from justrl_jax.evaluation.samples import SampleRecord, SampleStore
 from justrl_jax.prompts import PromptExample, PromptFormat, load_examples
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
@@ -369,7 +369,8 @@ def evaluate(
         records = stores[b.spec.name].load().values()  # from disk: the report is what the JSONL says
         scores.append(score_benchmark(b.spec, records, len(b.examples)))
     report = EvalReport(model=model_name, scores=tuple(scores))
-    write_report(report, out, label)
+    note = RULE_ONLY_NOTE if cfg.verifier.mode is VerifierMode.JUSTRL else None
+    write_report(report, out, label, note=note)
     return EvalOutcome(report, tuple(progress), out)
 
 
