@@ -413,9 +413,11 @@ def validation_eval_config(
     batch_size: int = 64,
     kv_cache_budget_gb: float = 0.0,
     seed: int = 0,
+    grader: str = "robust",
 ) -> EvalConfig:
     """JustRL's veRL validation as an EvalConfig: the training prompt format (boxed suffix after
-    "\\n\\n"), robust scoring with reward 1/0 (the recipe's veRL validation used math-verify, 1/0)."""
+    "\\n\\n"), reward 1/0, scored by ``grader`` (robust, justrl, or math-verify: what veRL used for
+    JustRL's validation curves, so ours line up with the paper's Figure 1)."""
     return EvalConfig(
         benchmarks=tuple(benchmarks),
         n_samples=n_samples,
@@ -426,7 +428,7 @@ def validation_eval_config(
         kv_cache_budget_gb=kv_cache_budget_gb,
         seed=seed,
         prompt_format=PromptFormat.TRAIN,
-        verifier=VerifierConfig(mode=VerifierMode.ROBUST, correct_reward=1.0, incorrect_reward=0.0),
+        verifier=VerifierConfig(mode=VerifierMode(grader), correct_reward=1.0, incorrect_reward=0.0),
     )
 
 
@@ -500,6 +502,7 @@ def validate(loop, cfg) -> dict[str, float]:
             top_p=cfg.top_p,
             batch_size=rows,
             kv_cache_budget_gb=r.kv_cache_budget_gb,
+            grader=cfg.grader,
         )
         validator = Validator(
             loop.graphdef, loop.tokenizer, eval_cfg, cfg.data_dir, eos_ids=loop.policy.eos_ids, mesh=loop.mesh

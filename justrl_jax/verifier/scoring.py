@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from justrl_jax.verifier.justrl_rule import prepare_justrl
 from justrl_jax.verifier.pool import Batch, TaskResult, WorkerPool
-from justrl_jax.verifier.robust import prepare
+from justrl_jax.verifier.robust import Prepared, prepare
 from justrl_jax.verifier.strict import strict_verdict
 from justrl_jax.verifier.verdict import Verdict, VerdictStatus, make_verdict
 from justrl_jax.verifier.verifier_config import VerifierConfig, VerifierMode
@@ -128,11 +128,13 @@ class Verifier:
         verdicts: list[Verdict | None] = [None] * len(responses)
         groups: dict[tuple[str, str], list[int]] = {}
         preds: dict[int, str | None] = {}
-        kind = "justrl" if cfg.mode is VerifierMode.JUSTRL else "judge"
+        kind = {VerifierMode.JUSTRL: "justrl", VerifierMode.MATH_VERIFY: "math_verify"}.get(cfg.mode, "judge")
         for i, (response, gold) in enumerate(zip(responses, golds, strict=True)):
             try:
                 if kind == "justrl":
                     prepared = prepare_justrl(response, gold)
+                elif kind == "math_verify":  # Math-Verify extracts for itself, in the worker
+                    prepared = Prepared(None, response, gold)
                 else:
                     prepared = prepare(response, gold, cfg.max_answer_chars)
             except Exception:  # a bug on odd text must cost one sample, not the training step

@@ -23,6 +23,7 @@ class VerifierMode(enum.Enum):
     STRICT = "strict"
     ROBUST = "robust"
     JUSTRL = "justrl"
+    MATH_VERIFY = "math-verify"  # veRL's math_verify reward (optional package); JustRL's validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,5 +104,9 @@ class VerifierConfig:
                 or not (math.isfinite(value) and value > 0)
             ):
                 raise ValueError(f"verifier.{name} must be > 0, got {value!r}")
+        if self.mode is VerifierMode.MATH_VERIFY:
+            from justrl_jax.verifier.math_verify_rule import require_math_verify
+
+            require_math_verify("verifier.mode math-verify")
         if self.overlong is not None and not isinstance(self.overlong, OverlongConfig):
             raise ValueError(f"verifier.overlong must be an OverlongConfig or None, got {self.overlong!r}")
