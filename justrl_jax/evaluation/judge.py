@@ -14,6 +14,10 @@ and writes the verdicts back into it (``judge`` = the judge's output, ``judge_co
 a sample wins) and the file is compacted at the end, so a killed pass resumes where it stopped.
 ``judge.meta.json`` records the judge model and settings; resuming with another judge is refused.
 
+One difference from vLLM remains: vLLM stops a row at the judge's context length (32,768 for
+CompassVerifier-3B), ours decodes the full 2,048 tokens past a very long prompt. It matters only
+for a response near the 31,744-token cap whose judge output is not a single letter.
+
 Example::
 
     judge = Judge.load("opencompass/CompassVerifier-3B", mesh=mesh, batch_size=32)
