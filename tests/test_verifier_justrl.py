@@ -16,9 +16,19 @@ import pytest
 
 from justrl_jax.verifier import VerdictStatus, Verifier, VerifierConfig, VerifierMode
 from justrl_jax.verifier.justrl_parse import RefusedError, parse_plain
-from justrl_jax.verifier.justrl_rule import extract_answer, justrl_grade, latex_to_text, mathd_normalize
+from justrl_jax.verifier.justrl_rule import (
+    _normalize_sympy,
+    extract_answer,
+    justrl_grade,
+    latex_to_text,
+    mathd_normalize,
+)
 
 CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "justrl_rule_cases.jsonl").open()]
+# Every gold of MATH-500, OlympiadBench and Minerva (JustRL's data/), with the released rule's two
+# normalisations of it (mathd_normalize_answer and _normalize, pylatexenc 2.11): LaTeX from fractions
+# and roots to matrices, accents, Greek letters and units, as the benchmarks write it.
+GOLDS = [json.loads(line) for line in (Path(__file__).parent / "data" / "justrl_normalized_golds.jsonl").open()]
 
 
 def test_fixture_covers_both_verdicts():
@@ -30,6 +40,13 @@ def test_fixture_covers_both_verdicts():
 def test_matches_the_released_rule(case):
     correct, _ = justrl_grade(case["response"], case["gold"])
     assert correct == case["correct"], (case["response"], case["gold"])
+
+
+def test_both_normalisations_match_the_released_rule_on_every_benchmark_gold():
+    assert len(GOLDS) == 1446
+    mathd = [g["gold"] for g in GOLDS if mathd_normalize(g["gold"]) != g["mathd"]]
+    sympy_step = [g["gold"] for g in GOLDS if _normalize_sympy(g["gold"]) != g["sympy_normalized"]]
+    assert mathd == [] and sympy_step == []
 
 
 def test_last_box_anywhere_thinking_included():
