@@ -19,8 +19,9 @@ builds for them:
 
 Anything else raises :class:`RefusedError` (the rule then says "not equal"): other characters,
 commas (tuples), comparisons, other SymPy names (``nan``, ``zoo``, ``re``, ``im``...), Python
-literals SymPy would read specially (``0x10``, ``2j``, ``1_000``), and integer powers or
-factorials too large to compute quickly.
+literals SymPy would read specially (``0x10``, ``2j``), a letter applied to a factorial group
+(``k(d-k)!``, which ``parse_expr`` fails on), and integer powers or factorials too large to compute
+quickly. Digit runs may hold single underscores, as in Python (``52_8`` is 528).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import unicodedata
 MAX_INTEGER_BITS = 100_000  # an exact power or factorial larger than this is refused, not computed
 MAX_DEPTH = 200  # parentheses nested deeper are refused (no RecursionError on hostile input)
 
-_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[-+]?[0-9]+)?", re.IGNORECASE)
+_DIGITS = r"[0-9](?:_?[0-9])*"  # Python's digit runs: "52_8" is 528
+_NUMBER = re.compile(rf"(?:{_DIGITS}\.?(?:{_DIGITS})?|\.{_DIGITS})(?:e[-+]?{_DIGITS})?", re.IGNORECASE)
 _OPERATORS = ("**", "!!", "+", "-", "*", "/", "(", ")", "!")
 
 
@@ -55,7 +57,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             i = m.end()
             if i < len(text) and (text[i] in "jJ_" or (literal == "0" and text[i] in "xXbBoO")):
                 raise RefusedError(f"Python literal {literal + text[i]!r}")
-            digits = literal.split("e")[0].split("E")[0]
+            digits = literal.split("e")[0].split("E")[0].replace("_", "")
             if len(digits) > 1 and digits[0] == "0" and digits.isdigit() and digits.strip("0"):
                 raise RefusedError(f"integer with a leading zero {literal!r}")
             out.append(("num", literal))
@@ -189,7 +191,7 @@ class _Parser:
             return value
         self.pos += 1
         if kind == "num":
-            return self.sympy.Float(text) if any(c in text for c in ".eE") else self.sympy.Integer(text)
+            return self.sympy.Float(text) if any(c in text for c in ".eE") else self.sympy.Integer(int(text))
         if kind == "name":
             return self.name(text)
         raise RefusedError(f"unexpected {text!r}")
@@ -205,7 +207,25 @@ class _Parser:
             return sympy.oo
         if name in _KEPT_NAMES:  # a function without its argument, or a name SymPy reads specially
             raise RefusedError(f"SymPy name {name!r}")
+        if self._factorial_of_call():
+            # "k(d-k)!": parse_expr's factorial step makes k an undefined function and then fails to
+            # multiply it (TypeError), so the released rule says "not equal".
+            raise RefusedError(f"{name}(..)! is not an expression parse_expr builds")
         return sympy.Symbol(name)
+
+    def _factorial_of_call(self) -> bool:
+        """Whether the next tokens are a parenthesised group directly followed by ``!`` or ``!!``."""
+        if self.peek() != ("op", "("):
+            return False
+        depth = 0
+        for i in range(self.pos, len(self.tokens)):
+            if self.tokens[i] == ("op", "("):
+                depth += 1
+            elif self.tokens[i] == ("op", ")"):
+                depth -= 1
+                if depth == 0:
+                    return i + 1 < len(self.tokens) and self.tokens[i + 1] in (("op", "!"), ("op", "!!"))
+        return False
 
 
 def _check_power(sympy, base, exponent) -> None:

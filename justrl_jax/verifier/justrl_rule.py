@@ -44,8 +44,8 @@ runs this mode in its worker pool under the usual deadline (a timeout scores as 
   and Minerva both normalisations equal the released ones (tests/test_verifier_justrl.py).
 * In the SymPy step, names other than ``pi``, ``oo``, ``sqrt(..)`` and ``ln(..)`` that SymPy would
   resolve to objects (``nan``, ``zoo``, ``re``, ``im``, ``li``, ``ff``, ``rf``), Python literals
-  (hexadecimal, complex ``2j``, ``1_000``) and comparisons of containers are refused: the answer
-  is not correct by this step. The released rule marks such pairs correct only in contrived cases.
+  (hexadecimal, complex ``2j``) and comparisons of containers are refused: the answer is not
+  correct by this step. The released rule marks such pairs correct only in contrived cases.
 * SymPy's ``simplify`` time is bounded by the pool's deadline (none in the released rule).
 """
 
