@@ -111,7 +111,7 @@ class Judge:
         batch_size: int = 16,
         max_new_tokens: int = JUDGE_MAX_NEW_TOKENS,
         kv_cache_budget_gb: float = 0.0,
-        prompt_bucket: int = 256,
+        prompt_bucket: int = 1024,
     ):
         from flax import nnx
 
@@ -132,7 +132,7 @@ class Judge:
         config = SamplerConfig(
             max_new_tokens=max_new_tokens,
             strategy=Greedy(),
-            prompt_bucket=prompt_bucket,  # judge prompts hold whole responses: coarse buckets, few compiles
+            prompt_bucket=prompt_bucket,  # prompts hold whole responses (to ~32k tokens): few, coarse widths
             kv_cache_budget_bytes=int(kv_cache_budget_gb * 2**30) or None,
         )
         self.sampler = Sampler(graphdef, config, mesh=mesh, eos_ids=self.eos_ids, pad_id=int(pad))
