@@ -4,11 +4,12 @@ Reads each benchmark from ``DIR/<Name>/test.parquet`` (the layout of JustRL's ``
 ``DIR/<name>/test.jsonl`` or ``DIR/<name>.jsonl``, in the veRL or the MathArena schema; samples
 N responses per problem (32 for AIME24/25, AMC23, HMMT25, BRUMO25, CMIMC25; 4 for MATH-500,
 Minerva, OlympiadBench) at temperature 0.7, top_p 0.9, up to 31,744 new tokens; scores them with
-the robust verifier; writes to ``--out``:
+the robust verifier (``--grader justrl``: JustRL's rule; add ``--judge MODEL`` for its model
+judge over the rule's failures, the paper's protocol); writes to ``--out``:
 
 * ``<benchmark>.samples.jsonl``  one line per sample (problem, sample, seed, response, prediction,
   verdict, reward, length, finish reason), appended as it goes;
-* ``results.md``   the paper's table (avg@N x100) and unbiased pass@k;
+* ``results.md``   the paper's table (avg@N x100 ± standard error) and unbiased pass@k;
 * ``summary.json`` the same numbers as fractions.
 
 Re-running the same command resumes: samples already in the JSONL are kept, only the missing ones
@@ -58,7 +59,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=["eval", "train", "raw"],
         help="eval: 'problem Please reason...' (JustRL's evals); train: the '\\n\\n' variant",
     )
-    p.add_argument("--verifier", default="robust", choices=["robust", "strict"])
+    p.add_argument(
+        "--grader",
+        "--verifier",
+        dest="verifier",
+        default="robust",
+        choices=["robust", "justrl", "strict"],
+        help="justrl: JustRL's evaluation rule (with --judge: the paper's two-stage grading)",
+    )
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="with --grader justrl: a judge model (HF dir or hub id; the paper: opencompass/CompassVerifier-3B) "
+        "asked about every sample the rule rejects, greedy, 2,048 tokens; resumable",
+    )
     p.add_argument("--verifier-workers", type=int, default=4)
     p.add_argument(
         "--dtype",
@@ -126,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             find_benchmark_file(args.data_dir, spec)
         if args.max_samples is not None and args.max_samples < 1:
             raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
+        if args.judge is not None and args.verifier != "justrl":
+            raise ValueError(f"--judge is the second stage of --grader justrl, not of --grader {args.verifier}")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -169,8 +185,29 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 0
+    if args.judge is not None:
+        del policy
+        return _judge(args, cfg, mesh, out, outcome.report)
     print(markdown_table(outcome.report, args.label))
     print(pass_at_k_table(outcome.report))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+def _judge(args, cfg, mesh, out: Path, report) -> int:
+    """The judge pass over the rule's failures, then the table with both rows."""
+    from justrl_jax.evaluation.judge import Judge, judge_benchmarks, judged_report
+    from justrl_jax.evaluation.report import markdown_rows, write_report
+
+    judge = Judge.load(
+        args.judge, mesh=mesh, dtype=args.dtype, batch_size=args.batch_size, kv_cache_budget_gb=args.kv_cache_budget_gb
+    )
+    specs = cfg.specs()
+    judge_benchmarks(judge, out, [s.name for s in specs])
+    judged = judged_report(report, specs, out)
+    write_report(report, out, args.label, judged=judged)
+    name = args.label or report.model
+    print(markdown_rows([(f"{name} (rule only)", report), (f"{name} (rule + judge)", judged)], stderr=True))
     print(f"written to {out}", file=sys.stderr)
     return 0
 

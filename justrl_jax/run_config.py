@@ -100,6 +100,9 @@ class LoopConfig:
             raise ValueError(f"loop.distributed_timeout_s must be >= 1, got {self.distributed_timeout_s}")
 
 
+VALIDATION_GRADERS = ("robust", "math-verify", "justrl")
+
+
 @dataclasses.dataclass(frozen=True)
 class ValidationConfig:
     """In-training validation (JustRL: every 50 steps and before training; AIME24/AIME25/AMC23 avg@32
@@ -114,8 +117,15 @@ class ValidationConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     max_new_tokens: int = 31744
+    grader: str = "robust"  # robust | math-verify (veRL's, as JustRL validated; optional package) | justrl
 
     def __post_init__(self):
+        if self.grader not in VALIDATION_GRADERS:
+            raise ValueError(f"validation.grader must be one of {list(VALIDATION_GRADERS)}, got {self.grader!r}")
+        if self.enabled and self.grader == "math-verify":
+            from justrl_jax.verifier.math_verify_rule import require_math_verify
+
+            require_math_verify("validation.grader: math-verify")
         if self.every_steps < 1:
             raise ValueError(f"validation.every_steps must be >= 1, got {self.every_steps}")
         if self.n_samples < 1:

@@ -9,6 +9,7 @@ was malformed). A summary (counts per status, accuracy, time) goes to stderr.
 Example::
 
     python -m justrl_jax.verify --mode robust --input rollouts.jsonl --output scored.jsonl --workers 4
+    python -m justrl_jax.verify --mode justrl ...   # JustRL's evaluation rule (last box anywhere, MATH or SymPy)
 """
 
 from __future__ import annotations

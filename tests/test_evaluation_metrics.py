@@ -158,7 +158,9 @@ def test_score_table_and_summary(tmp_path):
     assert table.splitlines()[0] == "| Model | AIME24@4 | MATH-500@2 | Avg |"
     assert table.splitlines()[2] == "| tiny | 50.00 | 16.67 | 33.33 |"
     md, js = write_report(report, tmp_path, "tiny")
-    assert "| tiny | 50.00 | 16.67 | 33.33 |" in md.read_text()
+    # Standard errors over problems: std([1/4, 3/4], ddof=1) / sqrt(2) = 1/4; std([0, 0, 1/2], ddof=1) / sqrt(3) = 1/6
+    assert s_aime.stderr == pytest.approx(0.25) and s_math.stderr == pytest.approx(1 / 6)
+    assert "| tiny | 50.00 ± 25.00 | 16.67 ± 16.67 | 33.33 |" in md.read_text()
     data = json.loads(js.read_text())
     assert data == json.loads(json.dumps(summary(report)))
     assert data["benchmarks"]["aime24"]["pass@k"] == {"1": 0.5, "2": 0.75, "4": 1.0}

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -168,7 +169,15 @@ def test_table_jsonl_resume_and_repeat(setup, capsys):
     assert summary["avg"] == pytest.approx(mean)
     row = f"| tiny | {' | '.join(expected_cells)} | {100 * mean:.2f} |"
     assert "| Model | AIME24@4 | HMMT25@4 | Avg |" in table and row in table
-    assert row in (full / "results.md").read_text()
+    se_cells = []
+    for name, gold in golds.items():
+        records = _records(full, name)
+        acc = [sum(r["correct"] for r in records if r["problem_index"] == i) / 4 for i in range(len(gold))]
+        se_cells.append(f"{100 * np.std(acc, ddof=1) / np.sqrt(len(acc)):.2f}")
+    cells_se = " | ".join(f"{c} ± {e}" for c, e in zip(expected_cells, se_cells, strict=True))
+    assert f"| tiny | {cells_se} | {100 * mean:.2f} |" in (full / "results.md").read_text()  # with standard errors
+    eos = AutoTokenizer.from_pretrained(model).eos_token_id
+    assert json.loads((full / "aime24.meta.json").read_text())["eos_ids"] == [eos]  # the stop set is recorded
     responses = [r["response"] for name in golds for r in _records(full, name)]
     assert len(set(responses)) == 2, "the seeds should give both digits somewhere"
 

@@ -37,6 +37,7 @@ class BenchmarkScore:
     mean_length: float  # completion tokens
     truncated_fraction: float  # finish_reason == "length"
     verdicts: tuple[tuple[str, int], ...]  # verifier status counts, sorted by status
+    stderr: float = 0.0  # standard error of avg@N over the problems (0 with one problem)
 
     @property
     def column(self) -> str:
@@ -101,6 +102,7 @@ def score_benchmark(spec: BenchmarkSpec, records: Iterable[SampleRecord], n_prob
         raise ValueError(f"benchmark {spec.name!r}: {e}") from e
     n = spec.n_samples
     statuses = collections.Counter(r.verdict for r in records)
+    per_problem = np.asarray(counts, float) / n
     return BenchmarkScore(
         name=spec.name,
         title=spec.title,
@@ -111,18 +113,37 @@ def score_benchmark(spec: BenchmarkSpec, records: Iterable[SampleRecord], n_prob
         mean_length=float(np.mean([r.length for r in records])),
         truncated_fraction=float(np.mean([r.finish_reason == "length" for r in records])),
         verdicts=tuple(sorted(statuses.items())),
+        stderr=standard_error(per_problem),
     )
+
+
+def standard_error(per_problem: np.ndarray) -> float:
+    """The standard error of the mean of per-problem accuracies (sample std / sqrt(problems)): the
+    spread a benchmark's avg@N has from its finite problem set and N samples; a point on a
+    30-problem benchmark is often within it."""
+    if len(per_problem) < 2:
+        return 0.0
+    return float(np.std(per_problem, ddof=1) / np.sqrt(len(per_problem)))
 
 
 def _pct(x: float) -> str:
     return f"{100.0 * x:.2f}"
 
 
-def markdown_table(report: EvalReport, label: str | None = None) -> str:
-    """The paper's layout: one row, columns ``AIME24@32 ... CMIMC25@32 | Avg``, x100, two decimals."""
-    header = ["Model", *(s.column for s in report.scores), "Avg"]
-    row = [label or report.model, *(_pct(s.avg_at_n) for s in report.scores), _pct(report.mean)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(row) + " |"]
+def markdown_table(report: EvalReport, label: str | None = None, *, stderr: bool = False) -> str:
+    """The paper's layout: one row, columns ``AIME24@32 ... CMIMC25@32 | Avg``, x100, two decimals
+    (``stderr``: each avg@N followed by ``± its standard error``)."""
+    return markdown_rows([(label or report.model, report)], stderr=stderr)
+
+
+def markdown_rows(rows, *, stderr: bool = False) -> str:
+    """The paper's layout with one row per (label, report); the reports cover the same benchmarks."""
+    first = rows[0][1]
+    header = ["Model", *(s.column for s in first.scores), "Avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, report in rows:
+        cells = [_pct(s.avg_at_n) + (f" ± {_pct(s.stderr)}" if stderr else "") for s in report.scores]
+        lines.append("| " + " | ".join([label, *cells, _pct(report.mean)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,24 +173,47 @@ def summary(report: EvalReport) -> dict:
                 "mean_length": s.mean_length,
                 "truncated_fraction": s.truncated_fraction,
                 "verdicts": dict(s.verdicts),
+                "stderr": s.stderr,
             }
             for s in report.scores
         },
     }
 
 
-def write_report(report: EvalReport, out_dir: str | Path, label: str | None = None) -> tuple[Path, Path]:
-    """Writes ``results.md`` (the paper's table and the pass@k table) and ``summary.json``; returns both."""
+RULE_ONLY_NOTE = (
+    "rule only: a lower bound of the paper's protocol (JustRL's rule without its model judge, "
+    "CompassVerifier-3B, which the paper asks about every sample the rule rejects; add --judge)."
+)
+
+
+def write_report(
+    report: EvalReport,
+    out_dir: str | Path,
+    label: str | None = None,
+    *,
+    judged: EvalReport | None = None,
+    note: str | None = None,
+) -> tuple[Path, Path]:
+    """Writes ``results.md`` (the paper's table with standard errors and the pass@k table) and
+    ``summary.json``; returns both. ``judged``: the same samples graded by rule + judge, shown as a
+    second row (``report`` is then the rule-only row); ``note`` is printed under the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "results.md"
     js = out / "summary.json"
+    name = label or report.model
+    rows = [(name, report)] if judged is None else [(f"{name} (rule only)", report), (f"{name} (rule + judge)", judged)]
     text = (
-        f"# Evaluation of {label or report.model}\n\navg@N (pass@1 averaged over N samples), x100\n\n"
-        f"{markdown_table(report, label)}\nUnbiased pass@k (Chen et al. 2021), x100\n\n"
-        f"{pass_at_k_table(report)}"
+        f"# Evaluation of {name}\n\navg@N (pass@1 averaged over N samples) ± its standard error over the "
+        f"problems, x100\n\n{markdown_rows(rows, stderr=True)}\n"
+        + (f"{note}\n\n" if note else "")
+        + f"Unbiased pass@k (Chen et al. 2021), x100{' (rule + judge)' if judged is not None else ''}\n\n"
+        f"{pass_at_k_table(judged or report)}"
     )
-    for path, content in ((md, text), (js, json.dumps(summary(report), indent=1) + "\n")):
+    data = summary(report)
+    if judged is not None:
+        data["rule_plus_judge"] = summary(judged)
+    for path, content in ((md, text), (js, json.dumps(data, indent=1) + "\n")):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(content)
         os.replace(tmp, path)

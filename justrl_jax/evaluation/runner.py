@@ -40,7 +40,7 @@ from flax import nnx
 from justrl_jax.data import collate, encode_examples
 from justrl_jax.evaluation.benchmarks import VALIDATION_BENCHMARKS, BenchmarkSpec, find_benchmark_file
 from justrl_jax.evaluation.eval_config import EvalConfig
-from justrl_jax.evaluation.report import EvalReport, score_benchmark, write_report
+from justrl_jax.evaluation.report import RULE_ONLY_NOTE, EvalReport, score_benchmark, write_report
 from justrl_jax.evaluation.samples import SampleRecord, SampleStore
 from justrl_jax.prompts import PromptExample, PromptFormat, load_examples
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
@@ -330,7 +330,7 @@ def evaluate(
     benchmarks = load_benchmarks(data_dir, specs, max_problems=cfg.max_problems)
     stores = {b.spec.name: SampleStore(out, b.spec.name) for b in benchmarks}
     for b in benchmarks:  # refuse a mismatched resume before compiling anything
-        stores[b.spec.name].check_meta(_meta(cfg, b, model_name, extra_meta))
+        stores[b.spec.name].check_meta(_meta(cfg, b, model_name, extra_meta, eos_ids))
     graphdef, params = nnx.split(model, nnx.Param)  # a model with other state is an error here
     generator = CompletionGenerator(
         graphdef,
@@ -369,15 +369,17 @@ def evaluate(
         records = stores[b.spec.name].load().values()  # from disk: the report is what the JSONL says
         scores.append(score_benchmark(b.spec, records, len(b.examples)))
     report = EvalReport(model=model_name, scores=tuple(scores))
-    write_report(report, out, label)
+    note = RULE_ONLY_NOTE if cfg.verifier.mode is VerifierMode.JUSTRL else None
+    write_report(report, out, label, note=note)
     return EvalOutcome(report, tuple(progress), out)
 
 
-def _meta(cfg: EvalConfig, benchmark: Benchmark, model_name: str, extra: dict | None) -> dict:
+def _meta(cfg: EvalConfig, benchmark: Benchmark, model_name: str, extra: dict | None, eos_ids=()) -> dict:
     """The settings that decide what a sample is; a resume must match them all."""
     return {
         "model": model_name,
         **(extra or {}),
+        "eos_ids": [int(i) for i in eos_ids],  # generation stops on any of them
         "benchmark": benchmark.spec.name,
         "data_fingerprint": benchmark.fingerprint,
         "n_problems": len(benchmark.examples),
@@ -411,9 +413,11 @@ def validation_eval_config(
     batch_size: int = 64,
     kv_cache_budget_gb: float = 0.0,
     seed: int = 0,
+    grader: str = "robust",
 ) -> EvalConfig:
     """JustRL's veRL validation as an EvalConfig: the training prompt format (boxed suffix after
-    "\\n\\n"), robust scoring with reward 1/0 (the recipe's veRL validation used math-verify, 1/0)."""
+    "\\n\\n"), reward 1/0, scored by ``grader`` (robust, justrl, or math-verify: what veRL used for
+    JustRL's validation curves, so ours line up with the paper's Figure 1)."""
     return EvalConfig(
         benchmarks=tuple(benchmarks),
         n_samples=n_samples,
@@ -424,7 +428,7 @@ def validation_eval_config(
         kv_cache_budget_gb=kv_cache_budget_gb,
         seed=seed,
         prompt_format=PromptFormat.TRAIN,
-        verifier=VerifierConfig(mode=VerifierMode.ROBUST, correct_reward=1.0, incorrect_reward=0.0),
+        verifier=VerifierConfig(mode=VerifierMode(grader), correct_reward=1.0, incorrect_reward=0.0),
     )
 
 
@@ -498,6 +502,7 @@ def validate(loop, cfg) -> dict[str, float]:
             top_p=cfg.top_p,
             batch_size=rows,
             kv_cache_budget_gb=r.kv_cache_budget_gb,
+            grader=cfg.grader,
         )
         validator = Validator(
             loop.graphdef, loop.tokenizer, eval_cfg, cfg.data_dir, eos_ids=loop.policy.eos_ids, mesh=loop.mesh

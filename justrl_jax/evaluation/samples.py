@@ -43,6 +43,8 @@ class SampleRecord:
     length: int  # completion tokens, EOS included when generated
     finish_reason: str  # "stop" (EOS) or "length" (hit max_new_tokens)
     gold: str
+    judge: str | None = None  # the model judge's output (evaluation.judge), when it was asked
+    judge_correct: bool | None = None  # its verdict; ``correct`` stays the rule's
 
     @property
     def key(self) -> tuple[int, int]:
@@ -53,13 +55,14 @@ class SampleRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> SampleRecord:
-        missing = [f for f in _FIELDS if f not in data]
+        missing = [f for f in _REQUIRED if f not in data]
         if missing:
             raise ValueError(f"{where}: sample record lacks field {missing[0]!r}")
-        return cls(**{f: data[f] for f in _FIELDS})
+        return cls(**{f: data[f] for f in _FIELDS if f in data})
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(SampleRecord))
+_REQUIRED = tuple(f.name for f in dataclasses.fields(SampleRecord) if f.default is dataclasses.MISSING)
 
 
 class SampleStore:

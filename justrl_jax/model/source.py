@@ -80,18 +80,29 @@ def tokenizer_dir_of(step_dir: str | Path) -> Path:
 
 
 def eos_ids_of(model_dir: Path) -> tuple[int, ...]:
-    """EOS ids from generation_config.json (int or list), else from the tokenizer config."""
+    """The ids generation stops on: generation_config.json's eos (int or list), then the
+    tokenizer's eos when it is not among them. vLLM stops on this union (JustRL's evaluation ran
+    there); a model whose generation config lists only ``<|endoftext|>`` while its chat turn ends in
+    the tokenizer's ``<|im_end|>`` would otherwise run past the end of its turn."""
+    ids: list[int] = []
     gen = model_dir / "generation_config.json"
     if gen.exists():
         eos = json.loads(gen.read_text()).get("eos_token_id")
         if eos is not None:
-            return tuple(eos) if isinstance(eos, list) else (int(eos),)
+            ids = [int(e) for e in eos] if isinstance(eos, list) else [int(eos)]
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.eos_token_id is None:
+    try:
+        tokenizer_eos = AutoTokenizer.from_pretrained(model_dir).eos_token_id
+    except (OSError, ValueError):
+        if not ids:
+            raise
+        tokenizer_eos = None  # no loadable tokenizer here: the generation config's ids alone
+    if tokenizer_eos is not None and int(tokenizer_eos) not in ids:
+        ids.append(int(tokenizer_eos))
+    if not ids:
         raise ValueError(f"{model_dir}: no eos_token_id in generation_config.json or the tokenizer")
-    return (int(tok.eos_token_id),)
+    return tuple(ids)
 
 
 def load_policy(

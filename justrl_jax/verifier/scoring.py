@@ -4,8 +4,9 @@ Strict mode (JustRL's reward) is evaluated inline in the calling thread: it is p
 on the last 300 characters, at well over 100k responses per second per core, so a process pool
 would only add latency. Robust mode prepares each sample in the caller (extraction,
 normalisation, cache lookup; linear time on capped input) and sends the rest to a ``WorkerPool``
-under per-sample and per-batch deadlines. ``submit`` returns at once, so the accelerator can
-generate the next batch while this one is verified.
+under per-sample and per-batch deadlines. JustRL mode (its evaluation rule) goes the same way:
+the last box is read in the caller, the normalisations and SymPy run in the pool. ``submit``
+returns at once, so the accelerator can generate the next batch while this one is verified.
 
 Example::
 
@@ -21,8 +22,9 @@ import collections
 import threading
 from collections.abc import Sequence
 
+from justrl_jax.verifier.justrl_rule import prepare_justrl
 from justrl_jax.verifier.pool import Batch, TaskResult, WorkerPool
-from justrl_jax.verifier.robust import prepare
+from justrl_jax.verifier.robust import Prepared, prepare
 from justrl_jax.verifier.strict import strict_verdict
 from justrl_jax.verifier.verdict import Verdict, VerdictStatus, make_verdict
 from justrl_jax.verifier.verifier_config import VerifierConfig, VerifierMode
@@ -90,7 +92,7 @@ class Verifier:
         self.config = config or VerifierConfig()
         self._cache = _VerdictCache(self.config.cache_size)
         self._pool: WorkerPool | None = None
-        if self.config.mode is VerifierMode.ROBUST:
+        if self.config.mode is not VerifierMode.STRICT:
             cfg = self.config
             self._pool = WorkerPool(
                 workers=cfg.workers,
@@ -126,9 +128,15 @@ class Verifier:
         verdicts: list[Verdict | None] = [None] * len(responses)
         groups: dict[tuple[str, str], list[int]] = {}
         preds: dict[int, str | None] = {}
+        kind = {VerifierMode.JUSTRL: "justrl", VerifierMode.MATH_VERIFY: "math_verify"}.get(cfg.mode, "judge")
         for i, (response, gold) in enumerate(zip(responses, golds, strict=True)):
             try:
-                prepared = prepare(response, gold, cfg.max_answer_chars)
+                if kind == "justrl":
+                    prepared = prepare_justrl(response, gold)
+                elif kind == "math_verify":  # Math-Verify extracts for itself, in the worker
+                    prepared = Prepared(None, response, gold)
+                else:
+                    prepared = prepare(response, gold, cfg.max_answer_chars)
             except Exception:  # a bug on odd text must cost one sample, not the training step
                 verdicts[i] = make_verdict(False, None, VerdictStatus.ERROR, cfg, lengths[i])
                 continue
@@ -145,7 +153,7 @@ class Verifier:
         if not groups:
             return PendingVerdicts(verdicts)
         slots = [(t, indices, key) for t, (key, indices) in enumerate(groups.items())]
-        batch = self._pool.submit([("judge", key) for key in groups], cfg.batch_timeout_s)
+        batch = self._pool.submit([(kind, key) for key in groups], cfg.batch_timeout_s)
 
         def finish(out: list, slots_: list, results: list[TaskResult]) -> None:
             for task, indices, key in slots_:

@@ -16,10 +16,14 @@ import math
 
 class VerifierMode(enum.Enum):
     """STRICT is JustRL's training reward (DAPO strict box, raw string equality); ROBUST extracts,
-    normalises and compares answers mathematically (for ablations and evaluation)."""
+    normalises and compares answers mathematically (for ablations and evaluation); JUSTRL is the
+    rule stage of JustRL's evaluation grader (``justrl_rule``: last box anywhere, MATH
+    normalisation or SymPy), run in the worker pool like ROBUST."""
 
     STRICT = "strict"
     ROBUST = "robust"
+    JUSTRL = "justrl"
+    MATH_VERIFY = "math-verify"  # veRL's math_verify reward (optional package); JustRL's validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +65,7 @@ class VerifierConfig:
     mode: VerifierMode = VerifierMode.STRICT
     correct_reward: float = 1.0
     incorrect_reward: float = -1.0  # also the reward of no answer, timeouts, guards and errors
-    workers: int = 4  # robust mode: worker processes (strict mode starts none)
+    workers: int = 4  # robust and justrl modes: worker processes (strict mode starts none)
     sample_timeout_s: float = 2.0  # robust mode: a sample running longer gets its worker killed
     batch_timeout_s: float = 300.0  # robust mode: samples unfinished by then score as timeouts
     max_tasks_per_worker: int = 5000  # robust mode: a worker is replaced after this many samples
@@ -100,5 +104,9 @@ class VerifierConfig:
                 or not (math.isfinite(value) and value > 0)
             ):
                 raise ValueError(f"verifier.{name} must be > 0, got {value!r}")
+        if self.mode is VerifierMode.MATH_VERIFY:
+            from justrl_jax.verifier.math_verify_rule import require_math_verify
+
+            require_math_verify("verifier.mode math-verify")
         if self.overlong is not None and not isinstance(self.overlong, OverlongConfig):
             raise ValueError(f"verifier.overlong must be an OverlongConfig or None, got {self.overlong!r}")

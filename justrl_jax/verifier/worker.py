@@ -10,7 +10,9 @@ It is started by ``pool.WorkerPool`` as ``python -I -c BOOTSTRAP FD MEMORY_MB SY
 * imports SymPy and the parser once, says "ready", then serves requests until told to stop.
 
 Requests are ``(task_id, kind, args)`` with ``kind`` from a fixed table: ``judge`` (the robust
-comparison), ``probe`` (pid, limits and imported top-level packages, for health checks), and
+comparison), ``justrl`` (JustRL's evaluation rule on an extracted answer), ``math_verify``
+(veRL's Math-Verify score of a whole response), ``probe`` (pid,
+limits and imported top-level packages, for health checks), and
 ``power`` (an exact big-integer power: a real computation stuck in C that only SIGKILL can
 stop) and ``allocate`` (a byte buffer of a given size), the last two to exercise the deadline and
 the memory cap. Replies are ``(task_id, ok, value)``.
@@ -80,8 +82,12 @@ def main(argv: list[str]) -> None:
     from justrl_jax.verifier.robust import judge
 
     latex.parse_answer("x + 1 = \\frac{1}{2}")
+    from justrl_jax.verifier.justrl_rule import grade_extracted
+
     tasks = {
         "judge": lambda pred, gold: _judge(judge, pred, gold),
+        "justrl": lambda answer, gold: (grade_extracted(answer, gold), "ok"),
+        "math_verify": lambda response, gold: (_math_verify(response, gold), "ok"),
         "probe": _probe,
         "power": _power,
         "allocate": _allocate,
@@ -109,6 +115,12 @@ def main(argv: list[str]) -> None:
             return
         if out_of_memory:  # the heap may be in a bad state: let the pool start a fresh worker
             return
+
+
+def _math_verify(response: str, gold: str) -> bool:
+    from justrl_jax.verifier.math_verify_rule import math_verify_grade
+
+    return math_verify_grade(response, gold)
 
 
 def _judge(judge, pred: str, gold: str) -> tuple[bool, str]:
