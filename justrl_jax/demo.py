@@ -113,6 +113,22 @@ def prepare(config: DemoConfig, directory: str | Path, prompt_suffix: str) -> De
     return DemoAssets(model_dir, data_path)
 
 
+def prepare_for_run(config: DemoConfig, run_dir: Path, timeout_s: float) -> DemoAssets:
+    """The demo's assets under ``run_dir/demo_assets`` for a run of one or more processes: process 0
+    writes them; the others wait for it, then read the complete files on the shared run directory."""
+    from justrl_jax.distributed import barrier
+    from justrl_jax.prompts import PromptFormat, format_prompt
+
+    suffix = format_prompt("", PromptFormat.TRAIN)
+    directory = Path(run_dir) / "demo_assets"
+    if jax.process_index() == 0:
+        assets = prepare(config, directory, suffix)
+    barrier("demo_assets", timeout_s)
+    if jax.process_index() != 0:
+        assets = prepare(config, directory, suffix)  # finds what process 0 wrote
+    return assets
+
+
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
