@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from justrl_jax.advantages import group_advantages
 from justrl_jax.checkpoint import Checkpointer, RunPosition, resume_run, run_meta, save_hf_assets, save_run
@@ -102,6 +103,9 @@ class RLRunner:
             )
 
         self.graphdef, self.state = init_train_state(self.policy.model, cfg.train.optim, self.mesh)
+        # A KL term's frozen reference: the starting model's own parameters, laid out like the policy's
+        # (the train state holds a copy, so the updates never touch these).
+        self.ref_params = nnx.state(self.policy.model, nnx.Param) if cfg.train.loss.kl_coef else None
         self.sharding = state_sharding(self.state)
         self.compute_logps = make_compute_logps(self.graphdef, cfg.train, self.mesh, self.sharding)
         self.train_step = make_train_step(self.graphdef, cfg.train, self.mesh, self.sharding)
@@ -214,8 +218,8 @@ class RLRunner:
         train_batch = to_global(host_batch, self.mesh)
 
         t = time.perf_counter()
-        old = self.compute_logps(self.state, train_batch)
-        train_batch = train_batch.replace(old_logps=old.logps)
+        old = self.compute_logps(self.state, train_batch, self.ref_params)
+        train_batch = train_batch.replace(old_logps=old.logps, ref_logps=old.ref_logps)
         times["time/old_logps_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
