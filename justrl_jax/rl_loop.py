@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -41,7 +40,7 @@ from justrl_jax.run_config import RunConfig, check_against_mesh
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
 from justrl_jax.sampling import strategy_for
 from justrl_jax.sharding import MeshConfig, make_mesh
-from justrl_jax.train_batch import build_train_batch
+from justrl_jax.train_batch import build_train_batch, logprob_gap
 from justrl_jax.train_step import init_train_state, make_compute_logps, make_train_step, state_sharding
 from justrl_jax.verifier import Verifier
 
@@ -191,9 +190,14 @@ class RLRunner:
 
         t = time.perf_counter()
         rollout = self.sampler.generate(
-            self.state.params, batch.prompt_ids, batch.prompt_mask, n=g, key=jax.random.fold_in(self.key, step)
+            self.state.params,
+            batch.prompt_ids,
+            batch.prompt_mask,
+            n=g,
+            key=jax.random.fold_in(self.key, step),
+            logprobs=True,
         )
-        lengths = rollout.completion_mask.sum(axis=1)
+        lengths = rollout.lengths
         times["time/generate_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -205,13 +209,12 @@ class RLRunner:
         rewards = np.asarray([v.reward for v in verdicts], np.float32)
         times["time/verify_s"] = time.perf_counter() - t
 
-        advantages = np.asarray(group_advantages(jnp.asarray(rewards), g))
         host_batch = build_train_batch(
-            np.repeat(batch.prompt_ids, g, axis=0),
-            np.repeat(batch.prompt_mask, g, axis=0),
+            rollout.prompt_ids,
+            rollout.prompt_mask,
             rollout.completion_ids,
             rollout.completion_mask,
-            advantages,
+            group_advantages(rewards, g),  # host numpy: every host computes the same
             cfg.rollout.length_bucket,
             int(self.tokenizer.pad_token_id),
         )
@@ -220,6 +223,7 @@ class RLRunner:
         t = time.perf_counter()
         old = self.compute_logps(self.state, train_batch, self.ref_params)
         train_batch = train_batch.replace(old_logps=old.logps, ref_logps=old.ref_logps)
+        gap = logprob_gap(rollout.logprobs, old.logps, train_batch.loss_mask, rollout.prompt_ids.shape[1])
         times["time/old_logps_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -231,6 +235,7 @@ class RLRunner:
             **rollout_metrics(verdicts, rewards, lengths, rollout.finish == FinishReason.LENGTH, g),
             "prompt/length_mean": float(batch.prompt_mask.sum(axis=1).mean()),
             "actor/entropy": float(old.entropy),  # token mean over valid response tokens, pre-update policy
+            "rollout/logprob_diff_max": float(jax.device_get(gap)),
             **{f"actor/{k}": float(v) for k, v in dataclasses.asdict(tm).items()},
             "data/epoch": self.stream.epoch,
             "perf/generated_tokens_per_s": int(lengths.sum()) / max(times["time/generate_s"], 1e-9),
