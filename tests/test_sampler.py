@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from justrl_jax.model.construct import place_model, state_shardings
+from justrl_jax.model.construct import state_shardings
 from justrl_jax.model.kv_cache import KVCache
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig, plan_waves, reshard_params
@@ -124,9 +124,9 @@ def test_the_loop_stops_when_every_row_has_finished(model):
 
 def test_reshard_params_is_the_identity_on_the_training_layout(model):
     mesh = make_mesh("4x4")
-    placed = nnx.state(place_model(nnx.clone(model), mesh), nnx.Param)
-    assert reshard_params(placed, mesh) is placed
     local = nnx.state(model, nnx.Param)
+    placed = jax.device_put(local, state_shardings(local, mesh))  # as the train state lays them out
+    assert reshard_params(placed, mesh) is placed
     moved = reshard_params(local, mesh)
     target = jax.tree.leaves(state_shardings(local, mesh))
     for x, s in zip(jax.tree.leaves(moved), target, strict=True):

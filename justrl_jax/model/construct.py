@@ -65,13 +65,6 @@ def create_model(
     return nnx.merge(graphdef, state)
 
 
-def place_model(model: Qwen2, mesh: Mesh) -> Qwen2:
-    """Moves an existing model's parameters onto ``mesh`` with the logical layout."""
-    graphdef, state = nnx.split(model)
-    state = jax.device_put(state, state_shardings(state, mesh))
-    return nnx.merge(graphdef, state)
-
-
 def from_host_arrays(
     config: Qwen2Config,
     arrays: Callable[[tuple[str, ...]], jax.Array | None],
