@@ -4,7 +4,7 @@ Every process of a run holds the same host arrays (each reads the same global ba
 :func:`to_global` builds the global array from them, each device taking only its own rows, so nothing
 crosses hosts; :func:`to_host` brings a global array back whole to every process (an all-gather across
 processes only when some of its shards live on another host). The batch axis is the one the sharding
-rules map ``batch`` to.
+rules map ``batch`` to; :func:`place` does the same for any other sharding (parameters).
 
 Example::
 
@@ -17,9 +17,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, Sharding
 
 from justrl_jax.sharding import batch_sharding
+
+
+def place(x: np.ndarray, sharding: Sharding) -> jax.Array:
+    """One host array (identical on every process) -> the global array of that sharding; each device
+    copies only its own slice of ``x``."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 def to_global(tree, mesh: Mesh | None):
@@ -30,9 +37,7 @@ def to_global(tree, mesh: Mesh | None):
 
     def one(x):
         x = np.asarray(x)
-        if mesh is None:
-            return jnp.asarray(x)
-        return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda idx: x[idx])
+        return jnp.asarray(x) if mesh is None else place(x, batch_sharding(mesh, x.ndim))
 
     return jax.tree.map(one, tree)
 

@@ -46,9 +46,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from justrl_jax.losses import LossConfig, LossStats, fused_policy_loss, sequence_logps
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.optim import OptimConfig, learning_rate_at, make_optimizer, set_learning_rate
-from justrl_jax.sharding import data_parallel_size, replicated
+from justrl_jax.sharding import data_parallel_size, mesh_axis_of, replicated
 
-_BATCH_AXIS = "fsdp"
+_BATCH_AXIS = mesh_axis_of("batch")  # the mesh axis the rules split rows over
 
 
 @dataclasses.dataclass(frozen=True)
