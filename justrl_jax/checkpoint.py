@@ -359,10 +359,18 @@ def _split_state(state: TrainState) -> tuple[dict, dict]:
     return nnx.to_pure_dict(state.params), other
 
 
-def save_run(checkpointer: Checkpointer, step: int, state: TrainState, meta: dict) -> bool:
-    """Starts saving ``state`` after ``step`` completed steps; False (nothing written) when not finite."""
+def save_run(checkpointer: Checkpointer, position: RunPosition, state: TrainState, policy: Policy, **meta_args) -> bool:
+    """Starts saving a run after ``position.step`` completed steps (in the background when async), with
+    its :func:`run_meta` (``meta_args``: config, mesh, metrics) and, once, the starting model's tokenizer
+    and configs (so the run converts on any machine). False, writing nothing, when the parameters or the
+    optimizer state are not finite: retention then only ever keeps good checkpoints."""
+    if jax.process_index() == 0:
+        save_hf_assets(policy.tokenizer_dir, checkpointer.directory.parent)
     params, other = _split_state(state)
-    return checkpointer.save(step, params, other, meta)
+    saved = checkpointer.save(position.step, params, other, run_meta(position, state, policy, **meta_args))
+    if saved:
+        log.info("checkpoint: step %d -> %s", position.step, checkpointer.step_dir(position.step))
+    return saved
 
 
 def select_resume(checkpointer: Checkpointer | None, resume: bool | str | Path) -> tuple[Path, str] | None:
@@ -444,17 +452,19 @@ def resume_run(
     checkpointer: Checkpointer | None,
     resume: bool | str | Path,
     like: TrainState,
+    policy: Policy,
     *,
-    arch: dict,
     config: dict,
     model_path: str,
 ) -> tuple[TrainState, RunPosition] | None:
-    """Continues from a checkpoint (see :func:`select_resume`), or None to start at step 0."""
+    """Continues a run of ``policy`` (its starting model) from a checkpoint (see :func:`select_resume`)
+    onto the layout of ``like``; None: start at step 0."""
     selected = select_resume(checkpointer, resume)
     if selected is None:
         return None
     step_dir, source = selected
     meta = read_meta(step_dir)
+    arch = dataclasses.asdict(policy.model.config)
     check_resumable(step_dir, meta, arch=arch, config=config, model_path=model_path)
     state, position = restore_train_state(step_dir, like)
     continue_history(checkpointer, step_dir, position.step)

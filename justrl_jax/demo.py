@@ -31,6 +31,8 @@ from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 
 log = logging.getLogger(__name__)
 
+_PREPARE_TIMEOUT_S = 900  # the longest the other processes wait for process 0 to write the demo assets
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
@@ -123,7 +125,10 @@ def prepare_for_run(config: DemoConfig, run_dir: Path, timeout_s: float) -> Demo
     directory = Path(run_dir) / "demo_assets"
     if jax.process_index() == 0:
         assets = prepare(config, directory, suffix)
-    barrier("demo_assets", timeout_s)
+    # The others wait for work here, not for a sign of life: the warm start alone can outlast a short
+    # loop.distributed_timeout_s on a busy machine. A process 0 that dies meanwhile is still noticed
+    # sooner: it hosts jax.distributed's coordination service, whose heartbeats fail the others.
+    barrier("demo_assets", max(timeout_s, _PREPARE_TIMEOUT_S))
     if jax.process_index() != 0:
         assets = prepare(config, directory, suffix)  # finds what process 0 wrote
     return assets

@@ -7,6 +7,7 @@ as one uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -105,6 +106,23 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class StageTimer:
+    """Wall time of a step and of its stages, as ``time/<stage>_s`` and ``time/step_s`` metrics."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        yield
+        self.times[f"time/{stage}_s"] = time.perf_counter() - start
+
+    def done(self) -> dict[str, float]:
+        return {**self.times, "time/step_s": time.perf_counter() - self._start}
 
 
 _VERDICT_STATUSES = ("ok", "no_answer", "timeout", "too_long", "error")

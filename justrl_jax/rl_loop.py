@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from justrl_jax.advantages import group_advantages
-from justrl_jax.checkpoint import Checkpointer, RunPosition, resume_run, run_meta, save_hf_assets, save_run
+from justrl_jax.checkpoint import Checkpointer, RunPosition, resume_run, save_run
 from justrl_jax.config_io import dump_yaml, to_dict
 from justrl_jax.data import PromptStream
 from justrl_jax.demo import prepare_for_run
@@ -33,7 +33,7 @@ from justrl_jax.distributed import barrier
 from justrl_jax.evaluation.runner import training_validator
 from justrl_jax.global_arrays import to_global
 from justrl_jax.memory_estimate import check_device_memory
-from justrl_jax.metrics import MetricsWriter, rollout_metrics
+from justrl_jax.metrics import MetricsWriter, StageTimer, rollout_metrics
 from justrl_jax.model.source import Policy, load_policy
 from justrl_jax.preemption import StopRequest
 from justrl_jax.run_config import RunConfig, check_against_mesh
@@ -130,12 +130,7 @@ class RLRunner:
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint) if cfg.checkpoint.enabled else None
         self.start_step = 0
         resumed = resume_run(
-            self.checkpointer,
-            resume,
-            self.state,
-            arch=dataclasses.asdict(self.policy.model.config),
-            config=to_dict(cfg),
-            model_path=cfg.model.path,
+            self.checkpointer, resume, self.state, self.policy, config=to_dict(cfg), model_path=cfg.model.path
         )
         if resumed is not None:
             self.state, position = resumed
@@ -164,50 +159,30 @@ class RLRunner:
         self.close()
 
     def _save(self, step: int, metrics: dict) -> bool:
-        """Starts saving the state after ``step`` completed steps (in the background when async).
-
-        Returns False when nothing was written: checkpoints are disabled, or the parameters or the
-        optimizer state are not finite (never saved, so retention only ever keeps good ones).
-        """
+        """Saves the state after ``step`` completed steps; False when nothing was written (see save_run)."""
         if self.checkpointer is None:
             return False
-        if self.primary:  # the tokenizer and configs, once, so the run converts on any machine
-            save_hf_assets(self.policy.tokenizer_dir, self.run_dir)
         position = RunPosition(step=step, data=self.stream.get_state(), key=self.key)
-        meta = run_meta(position, self.state, self.policy, config=to_dict(self.cfg), mesh=self.mesh, metrics=metrics)
-        saved = save_run(self.checkpointer, step, self.state, meta)
-        if saved:
-            log.info("checkpoint: step %d -> %s", step, self.checkpointer.step_dir(step))
-        return saved
+        meta = {"config": to_dict(self.cfg), "mesh": self.mesh, "metrics": metrics}
+        return save_run(self.checkpointer, position, self.state, self.policy, **meta)
 
     # --- one step --------------------------------------------------------------------------------
 
     def step(self, step: int) -> dict:
         cfg, g = self.cfg, self.cfg.rollout.samples_per_prompt
-        times: dict[str, float] = {}
-        t0 = time.perf_counter()
+        timer = StageTimer()
         batch = self.stream.next_batch(cfg.rollout.prompts_per_step)
-
-        t = time.perf_counter()
-        rollout = self.sampler.generate(
-            self.state.params,
-            batch.prompt_ids,
-            batch.prompt_mask,
-            n=g,
-            key=jax.random.fold_in(self.key, step),
-            logprobs=True,
-        )
-        lengths = rollout.lengths
-        times["time/generate_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        texts = self.tokenizer.batch_decode(
-            [row[:n] for row, n in zip(rollout.completion_ids, lengths, strict=True)], skip_special_tokens=True
-        )
-        golds = [gold for gold in batch.golds for _ in range(g)]
-        verdicts = self.verifier.verify(texts, golds, response_lengths=lengths.tolist())
-        rewards = np.asarray([v.reward for v in verdicts], np.float32)
-        times["time/verify_s"] = time.perf_counter() - t
+        with timer("generate"):
+            key = jax.random.fold_in(self.key, step)
+            rollout = self.sampler.generate(
+                self.state.params, batch.prompt_ids, batch.prompt_mask, n=g, key=key, logprobs=True
+            )
+        with timer("verify"):
+            ids = [row[:n] for row, n in zip(rollout.completion_ids, rollout.lengths, strict=True)]
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            golds = [gold for gold in batch.golds for _ in range(g)]
+            verdicts = self.verifier.verify(texts, golds, response_lengths=rollout.lengths.tolist())
+            rewards = np.asarray([v.reward for v in verdicts], np.float32)
 
         host_batch = build_train_batch(
             rollout.prompt_ids,
@@ -219,26 +194,22 @@ class RLRunner:
             int(self.tokenizer.pad_token_id),
         )
         train_batch = to_global(host_batch, self.mesh)
-
-        t = time.perf_counter()
-        old = self.compute_logps(self.state, train_batch, self.ref_params)
-        train_batch = train_batch.replace(old_logps=old.logps, ref_logps=old.ref_logps)
-        gap = logprob_gap(rollout.logprobs, old.logps, train_batch.loss_mask, rollout.prompt_ids.shape[1])
-        times["time/old_logps_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        self.state, tm = self.train_step(self.state, train_batch)
-        tm = jax.device_get(tm)
-        times["time/update_s"] = time.perf_counter() - t
-        times["time/step_s"] = time.perf_counter() - t0
+        with timer("old_logps"):
+            old = self.compute_logps(self.state, train_batch, self.ref_params)
+            train_batch = train_batch.replace(old_logps=old.logps, ref_logps=old.ref_logps)
+            gap = logprob_gap(rollout.logprobs, old.logps, train_batch.loss_mask, rollout.prompt_ids.shape[1])
+        with timer("update"):
+            self.state, tm = self.train_step(self.state, train_batch)
+            tm = jax.device_get(tm)
+        times = timer.done()
         return {
-            **rollout_metrics(verdicts, rewards, lengths, rollout.finish == FinishReason.LENGTH, g),
+            **rollout_metrics(verdicts, rewards, rollout.lengths, rollout.finish == FinishReason.LENGTH, g),
             "prompt/length_mean": float(batch.prompt_mask.sum(axis=1).mean()),
             "actor/entropy": float(old.entropy),  # token mean over valid response tokens, pre-update policy
             "rollout/logprob_diff_max": float(jax.device_get(gap)),
             **{f"actor/{k}": float(v) for k, v in dataclasses.asdict(tm).items()},
             "data/epoch": self.stream.epoch,
-            "perf/generated_tokens_per_s": int(lengths.sum()) / max(times["time/generate_s"], 1e-9),
+            "perf/generated_tokens_per_s": int(rollout.lengths.sum()) / max(times["time/generate_s"], 1e-9),
             "perf/train_tokens_per_s": float(tm.total_tokens) / max(times["time/update_s"], 1e-9),
             **times,
         }
