@@ -19,18 +19,25 @@ Example::
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 GRPO_EPS = 1e-6
 
 
-def group_advantages(rewards: jnp.ndarray, group_size: int, eps: float = GRPO_EPS) -> jnp.ndarray:
-    """rewards [N] (group-contiguous, N = prompts * group_size) -> float32 advantages [N]."""
+def group_advantages(rewards, group_size: int, eps: float = GRPO_EPS):
+    """rewards [N] (group-contiguous, N = prompts * group_size) -> float32 advantages [N].
+
+    Host rewards (numpy, lists) give host numpy advantages, with no trip to a device and back; JAX
+    arrays stay JAX (on device, or traced under jit).
+    """
+    xp = jnp if isinstance(rewards, jax.Array) else np
     if group_size < 1:
         raise ValueError(f"advantages.group_size must be >= 1, got {group_size}")
     if eps < 0:
         raise ValueError(f"advantages.eps must be >= 0, got {eps}")
-    rewards = jnp.asarray(rewards, jnp.float32)
+    rewards = xp.asarray(rewards, xp.float32)
     if rewards.ndim != 1:
         raise ValueError(f"rewards must be a 1-D array [N], got shape {rewards.shape}")
     n = rewards.shape[0]
@@ -39,10 +46,10 @@ def group_advantages(rewards: jnp.ndarray, group_size: int, eps: float = GRPO_EP
     r = rewards.reshape(n // group_size, group_size)  # [P, G]
     if group_size == 1:
         return (r / (1.0 + eps)).reshape(n)  # verl: mean 0, std 1 for a singleton group
-    mean = jnp.mean(r, axis=1, keepdims=True)
-    std = jnp.std(r, axis=1, keepdims=True, ddof=1)
+    mean = xp.mean(r, axis=1, keepdims=True)
+    std = xp.std(r, axis=1, keepdims=True, ddof=1)
     # Exactly zero for constant groups, even when the float mean is off by an ulp from the rewards
     # (division by eps = 1e-6 would otherwise blow that rounding error up).
-    constant = jnp.all(r == r[:, :1], axis=1, keepdims=True)
-    adv = jnp.where(constant, 0.0, (r - mean) / (std + eps))
+    constant = xp.all(r == r[:, :1], axis=1, keepdims=True)
+    adv = xp.where(constant, 0.0, (r - mean) / (std + eps)).astype(xp.float32)
     return adv.reshape(n)

@@ -10,6 +10,11 @@ Layout of ``RUN_DIR/checkpoints/<step>/`` (one Orbax composite per saved step):
 Next to them, ``RUN_DIR/hf_assets/`` holds a copy of the starting model's tokenizer, config and
 generation config (not its weights), so a run directory converts to an HF model on any machine.
 
+A run resumes from here alone: :func:`resume_run` picks the checkpoint a start continues from
+(:func:`select_resume`), checks it belongs to this model (:func:`check_resumable`), restores the train
+state onto this run's shardings (:func:`restore_train_state`) and rewrites the run's history from it
+(:func:`continue_history`); :func:`save_run` and :func:`run_meta` write what those read.
+
 Orbax writes each step into ``<step>.orbax-checkpoint-tmp`` and renames it when every item (and every
 host) is done (on object stores, where nothing renames atomically, it writes ``commit_success.txt``
 last instead), so a kill during a save leaves the previous checkpoint as the newest complete one; the
@@ -24,13 +29,20 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from justrl_jax.train_step import TrainState
+
+if TYPE_CHECKING:
+    from justrl_jax.model.source import Policy
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +160,6 @@ def _dtype(x) -> np.dtype:
     return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
-def all_finite(tree) -> bool:
-    """True when every floating array in ``tree`` is finite."""
-    return not nonfinite_leaves(tree)
-
-
 class Checkpointer:
     """Saves and restores ``(params, opt_state, meta)`` under ``RUN_DIR/checkpoints``.
 
@@ -220,6 +227,14 @@ class Checkpointer:
             self._manager.delete(s)
         return doomed
 
+    def newest_good(self) -> str:
+        """Where the last good state is, for an error message (after the pending save completes)."""
+        self.wait()
+        latest = self.latest_step()
+        if latest is None:
+            return f"no checkpoint was written in {self.directory}"
+        return f"the newest checkpoint, {self.step_dir(latest)}, holds the last good state"
+
     def wait(self) -> None:
         """Blocks until the last asynchronous save is complete on disk."""
         self._manager.wait_until_finished()
@@ -233,6 +248,28 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def find_checkpoint(name: str | Path) -> Path | None:
+    """The checkpoint step directory ``name`` refers to, or None when it is not a run/checkpoint.
+
+    A run directory means its newest *complete* checkpoint: a save cut short by a kill (Orbax's
+    ``<step>.orbax-checkpoint-tmp`` directory, or one without ``commit_success.txt``) is never used.
+    """
+    path = Path(name)
+    if is_complete(path):
+        return path
+    if (path / "params").is_dir() or (path / "meta").is_dir():
+        raise FileNotFoundError(
+            f"{path} is an incomplete checkpoint (a save that did not finish); "
+            f"complete ones in {path.parent}: {complete_steps(path.parent.parent)}"
+        )
+    if checkpoint_dir(path).is_dir():
+        steps = complete_steps(path)
+        if not steps:
+            raise FileNotFoundError(f"run directory {path} has no complete checkpoint yet")
+        return checkpoint_dir(path) / str(steps[-1])
+    return None
 
 
 def restore_step_dir(step_dir: str | Path, abstract_params, abstract_opt_state) -> Restored:
@@ -280,6 +317,161 @@ def dict_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
         for k in sorted(set(a) | set(b))
         if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
     ]
+
+
+# --- a run: (train state, data position, key) ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPosition:
+    """Where a run stands besides its train state: what an exact resume repeats from."""
+
+    step: int  # completed training steps: the next step to run
+    data: dict  # the prompt stream's state (PromptStream.get_state)
+    key: jax.Array  # the run's base PRNG key (step s samples with fold_in(key, s))
+
+
+def run_meta(position: RunPosition, state: TrainState, policy: Policy, *, config: dict, mesh, metrics: dict) -> dict:
+    """The JSON ``meta`` of a run's checkpoint: everything besides the arrays that an exact resume (and
+    ``convert``) needs."""
+    return {
+        "format": 1,
+        "step": position.step,
+        "data": position.data,
+        "rng": np.asarray(jax.random.key_data(position.key)).tolist(),
+        "config": config,
+        "mesh": {str(k): int(v) for k, v in mesh.shape.items()},
+        "process_count": jax.process_count(),
+        "saved_at_unix_s": time.time(),
+        "model": {
+            "arch": dataclasses.asdict(policy.model.config),
+            "tokenizer_dir": str(Path(policy.tokenizer_dir).absolute()),
+            "eos_ids": list(policy.eos_ids),
+        },
+        "train": {"step": int(state.step), "skipped_updates": int(state.skipped_updates)},
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+
+
+def _split_state(state: TrainState) -> tuple[dict, dict]:
+    """The two saved items of a TrainState: the plain parameter dict, and everything else."""
+    other = {"opt_state": state.opt_state, "step": state.step, "skipped_updates": state.skipped_updates}
+    return nnx.to_pure_dict(state.params), other
+
+
+def save_run(checkpointer: Checkpointer, position: RunPosition, state: TrainState, policy: Policy, **meta_args) -> bool:
+    """Starts saving a run after ``position.step`` completed steps (in the background when async), with
+    its :func:`run_meta` (``meta_args``: config, mesh, metrics) and, once, the starting model's tokenizer
+    and configs (so the run converts on any machine). False, writing nothing, when the parameters or the
+    optimizer state are not finite: retention then only ever keeps good checkpoints."""
+    if jax.process_index() == 0:
+        save_hf_assets(policy.tokenizer_dir, checkpointer.directory.parent)
+    params, other = _split_state(state)
+    saved = checkpointer.save(position.step, params, other, run_meta(position, state, policy, **meta_args))
+    if saved:
+        log.info("checkpoint: step %d -> %s", position.step, checkpointer.step_dir(position.step))
+    return saved
+
+
+def select_resume(checkpointer: Checkpointer | None, resume: bool | str | Path) -> tuple[Path, str] | None:
+    """The checkpoint step directory a start continues from, and where it was found; None: step 0.
+
+    ``True``: this run directory's newest complete checkpoint, if any. A path: that run directory's
+    newest complete checkpoint, or that checkpoint step. ``False``: none, deleting this run's checkpoints.
+    """
+    if checkpointer is None:
+        if isinstance(resume, (str, Path)):
+            raise ValueError(f"--resume {resume}: checkpoint.enabled is false in this run's config")
+        return None
+    if resume is False:
+        dropped = checkpointer.delete_after(-1)
+        if dropped:
+            log.warning(
+                "--no-resume: deleted the checkpoints %s in %s; starting at step 0", dropped, checkpointer.directory
+            )
+        return None
+    if isinstance(resume, (str, Path)):
+        step_dir = find_checkpoint(resume)
+        if step_dir is None:
+            raise FileNotFoundError(f"--resume {resume}: not a run directory or a checkpoint step directory")
+        return step_dir, "the checkpoint given by --resume"
+    latest = checkpointer.latest_step()
+    if latest is None:
+        log.info("no checkpoint in %s: starting at step 0", checkpointer.directory)
+        return None
+    return checkpointer.step_dir(latest), "the newest complete checkpoint of this run directory"
+
+
+def check_resumable(step_dir: Path, meta: dict, *, arch: dict, config: dict, model_path: str) -> None:
+    """Refuses a checkpoint of another architecture; warns about every config key that changed."""
+    differs = dict_changes(meta["model"]["arch"], arch)
+    if differs:
+        raise ValueError(
+            f"checkpoint {step_dir} holds another architecture than model.path ({model_path}): "
+            + ", ".join(f"{k} {saved!r} (checkpoint) != {now!r}" for k, saved, now in differs)
+        )
+    changed = dict_changes(meta.get("config", {}), config)
+    if changed:
+        log.warning(
+            "resuming with a config that differs from the checkpoint's: %s",
+            "; ".join(f"{k}: {saved!r} -> {now!r}" for k, saved, now in changed),
+        )
+
+
+def restore_train_state(step_dir: Path, like: TrainState) -> tuple[TrainState, RunPosition]:
+    """The train state of ``step_dir`` on the shardings of ``like`` (any mesh), and the run position."""
+    params_like, other_like = _split_state(like)
+    restored = restore_step_dir(step_dir, abstract_like(params_like), abstract_like(other_like))
+    params = jax.tree.map(lambda x: x, like.params)  # a new State container around like's Variables' structure
+    nnx.replace_by_pure_dict(params, restored.params)
+    other = restored.opt_state
+    state = TrainState(
+        params=params, opt_state=other["opt_state"], step=other["step"], skipped_updates=other["skipped_updates"]
+    )
+    meta = restored.meta
+    key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], dtype=jnp.uint32))
+    return state, RunPosition(step=int(meta["step"]), data=meta["data"], key=key)
+
+
+def continue_history(checkpointer: Checkpointer, step_dir: Path, step: int) -> None:
+    """This run directory's history now continues from ``step``: a checkpoint of the abandoned future
+    (or another run's step of the same number) must not be resumed from, or collide, later."""
+    same = step_dir.absolute().resolve() == checkpointer.step_dir(step).resolve()
+    dropped = checkpointer.delete_after(step if same else step - 1)
+    if dropped:
+        log.warning(
+            "deleted the checkpoints %s of %s: the run continues from step %d of %s",
+            dropped,
+            checkpointer.directory,
+            step,
+            step_dir,
+        )
+
+
+def resume_run(
+    checkpointer: Checkpointer | None,
+    resume: bool | str | Path,
+    like: TrainState,
+    policy: Policy,
+    *,
+    config: dict,
+    model_path: str,
+) -> tuple[TrainState, RunPosition] | None:
+    """Continues a run of ``policy`` (its starting model) from a checkpoint (see :func:`select_resume`)
+    onto the layout of ``like``; None: start at step 0."""
+    selected = select_resume(checkpointer, resume)
+    if selected is None:
+        return None
+    step_dir, source = selected
+    meta = read_meta(step_dir)
+    arch = dataclasses.asdict(policy.model.config)
+    check_resumable(step_dir, meta, arch=arch, config=config, model_path=model_path)
+    state, position = restore_train_state(step_dir, like)
+    continue_history(checkpointer, step_dir, position.step)
+    log.warning(
+        "resuming from step %d (%s): %s, saved on mesh %s", position.step, step_dir, source, meta.get("mesh", "?")
+    )
+    return state, position
 
 
 def abstract_like(tree, shardings=None):

@@ -17,7 +17,7 @@ from justrl_jax.checkpoint import checkpoint_dir, complete_steps, is_complete
 
 def checkpoint_to_convert(run_dir: str | Path, step: int | None = None) -> Path:
     """The step directory ``convert`` reads: ``step`` of ``run_dir``, or its newest complete one."""
-    from justrl_jax.model.source import find_checkpoint
+    from justrl_jax.checkpoint import find_checkpoint
 
     run_dir = Path(run_dir)
     if step is None:

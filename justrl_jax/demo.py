@@ -31,6 +31,8 @@ from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 
 log = logging.getLogger(__name__)
 
+_PREPARE_TIMEOUT_S = 900  # the longest the other processes wait for process 0 to write the demo assets
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
@@ -111,6 +113,25 @@ def prepare(config: DemoConfig, directory: str | Path, prompt_suffix: str) -> De
     )
     tmp_dir.rename(model_dir)  # the directory appears complete or not at all
     return DemoAssets(model_dir, data_path)
+
+
+def prepare_for_run(config: DemoConfig, run_dir: Path, timeout_s: float) -> DemoAssets:
+    """The demo's assets under ``run_dir/demo_assets`` for a run of one or more processes: process 0
+    writes them; the others wait for it, then read the complete files on the shared run directory."""
+    from justrl_jax.distributed import barrier
+    from justrl_jax.prompts import PromptFormat, format_prompt
+
+    suffix = format_prompt("", PromptFormat.TRAIN)
+    directory = Path(run_dir) / "demo_assets"
+    if jax.process_index() == 0:
+        assets = prepare(config, directory, suffix)
+    # The others wait for work here, not for a sign of life: the warm start alone can outlast a short
+    # loop.distributed_timeout_s on a busy machine. A process 0 that dies meanwhile is still noticed
+    # sooner: it hosts jax.distributed's coordination service, whose heartbeats fail the others.
+    barrier("demo_assets", max(timeout_s, _PREPARE_TIMEOUT_S))
+    if jax.process_index() != 0:
+        assets = prepare(config, directory, suffix)  # finds what process 0 wrote
+    return assets
 
 
 def _round_up(n: int, k: int) -> int:

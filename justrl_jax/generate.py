@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from justrl_jax.data import chat_text, collate
+    from justrl_jax.global_arrays import to_host
     from justrl_jax.model.source import load_policy
     from justrl_jax.prompts import PromptExample
     from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
@@ -149,8 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             examples = [PromptExample(problem=str(i), gold="") for i in chunk]
             batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=args.prompt_bucket)
             rollout = sampler.generate(
-                policy.model, batch.prompt_ids, batch.prompt_mask, n=args.n, key=jax.random.fold_in(key, start)
+                policy.model,
+                batch.prompt_ids,
+                batch.prompt_mask,
+                n=args.n,
+                key=jax.random.fold_in(key, start),
+                logprobs=True,
             )
+            logprobs = to_host(rollout.logprobs)
             for j, i in enumerate(chunk):
                 samples = []
                 for s in range(args.n):
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         {
                             "completion": tokenizer.decode(ids, skip_special_tokens=True),
                             "completion_ids": ids,
-                            "logprobs": [round(float(x), 6) for x in rollout.logprobs[r, :n_tok]],
+                            "logprobs": [round(float(x), 6) for x in logprobs[r, :n_tok]],
                             "finish_reason": "stop" if rollout.finish[r] == FinishReason.EOS else "length",
                         }
                     )

@@ -208,9 +208,10 @@ class LossStats:
         return self.loss_sum / jnp.maximum(self.count, 1.0)
 
 
-def _k3(logps: jnp.ndarray, ref_logps: jnp.ndarray) -> jnp.ndarray:
-    # verl kl_penalty "low_var_kl": exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10].
-    kl = ref_logps - logps
+def k3_kl(logps: jnp.ndarray, ref_logps: jnp.ndarray) -> jnp.ndarray:
+    """verl's ``low_var_kl`` (Schulman's k3) per token: with d = clamp(ref - logp, -20, 20),
+    ``exp(d) - d - 1`` clamped to [-10, 10]. Both clamps are verl's (they also zero the gradient)."""
+    kl = jnp.clip(ref_logps - logps, -20.0, 20.0)  # exp() stays finite
     return jnp.clip(jnp.exp(kl) - kl - 1.0, -10.0, 10.0)
 
 
@@ -239,7 +240,7 @@ def _token_terms(logps, old_logps, adv, cfg: LossConfig, entropy, ref_logps) -> 
         if entropy is None:
             raise ValueError("loss.entropy_coef > 0 needs the per-token entropy")
         total = total - cfg.entropy_coef * entropy
-    ref_kl = jnp.zeros_like(pg) if ref_logps is None else _k3(logps, ref_logps)
+    ref_kl = jnp.zeros_like(pg) if ref_logps is None else k3_kl(logps, ref_logps)
     if cfg.kl_coef:
         if ref_logps is None:
             raise ValueError("loss.kl_coef > 0 needs ref_logps in the batch")

@@ -9,13 +9,19 @@ peak of one training micro-batch with per-layer rematerialisation.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+from collections.abc import Callable
 
+import jax
 from flax import nnx
+from jax.sharding import Mesh
 
 from justrl_jax.model.construct import abstract_model
 from justrl_jax.model.qwen2 import Qwen2Config
 from justrl_jax.sharding import MeshConfig, logical_spec
+
+log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 
@@ -107,7 +113,7 @@ def sharded_param_bytes(
 ) -> tuple[int, int]:
     """(bytes of parameters on one device, total parameter count), exactly, from the real shapes."""
     fsdp, tensor = mesh.resolve(num_devices)
-    shape = _MeshShape({"fsdp": fsdp, "tensor": tensor})
+    shape = _MeshShape(MeshConfig(fsdp, tensor).axis_sizes())
     state = nnx.state(abstract_model(config), nnx.Param)
     per_device = 0
     total = 0
@@ -185,3 +191,27 @@ def advice(plan: MemoryPlan, inputs: PlanInputs, mesh: MeshConfig) -> str:
     }
     ranked = sorted(items.items(), key=lambda kv: -kv[1])
     return "; ".join(f"{name} ({value / GIB:.1f} GiB)" for name, value in ranked)
+
+
+def check_device_memory(
+    arch: Qwen2Config, mesh: Mesh, plan_inputs: Callable[..., PlanInputs], device: jax.Device | None = None
+) -> MemoryPlan:
+    """Logs the memory plan of a run and refuses, before anything compiles, what cannot fit the device.
+
+    ``plan_inputs(fsdp, sampler_waves=...)`` gives the run's workload (``RunConfig.plan_inputs``). Where
+    the device reports no memory limit (CPU) the plan is only logged, for one sampler wave.
+    """
+    device = device or jax.local_devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    mesh_cfg = MeshConfig.of(mesh)
+    inputs = plan_inputs(mesh_cfg.fsdp, sampler_waves=1 if limit is None else 0)
+    plan = plan_memory(arch, mesh_cfg, mesh.size, inputs)
+    if limit is not None:
+        plan = dataclasses.replace(plan, device_memory=int(limit))
+    log.info("memory plan per device (mesh %s):\n%s", mesh_cfg, plan.table())
+    if limit is not None and plan.training_peak > limit:
+        raise ValueError(
+            f"the update needs ~{plan.training_peak / GIB:.1f} GiB per device but {device.device_kind} has "
+            f"{limit / GIB:.1f} GiB; reduce {advice(plan, inputs, mesh_cfg)}"
+        )
+    return plan

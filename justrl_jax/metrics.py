@@ -7,13 +7,17 @@ as one uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import IO
+
+import numpy as np
 
 # The columns of the progress line: (metric key, label, format).
 _PROGRESS = (
@@ -102,6 +106,41 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class StageTimer:
+    """Wall time of a step and of its stages, as ``time/<stage>_s`` and ``time/step_s`` metrics."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        yield
+        self.times[f"time/{stage}_s"] = time.perf_counter() - start
+
+    def done(self) -> dict[str, float]:
+        return {**self.times, "time/step_s": time.perf_counter() - self._start}
+
+
+_VERDICT_STATUSES = ("ok", "no_answer", "timeout", "too_long", "error")
+
+
+def rollout_metrics(verdicts, rewards: np.ndarray, lengths: np.ndarray, truncated: np.ndarray, group_size: int) -> dict:
+    """The reward, response and verifier scalars of one step's rollout (host numpy, one row per response)."""
+    statuses = Counter(v.status.value for v in verdicts)
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/accuracy": float(np.mean([bool(v.correct) for v in verdicts])),
+        "reward/all_equal_groups": float(np.mean(rewards.reshape(-1, group_size).std(axis=1) == 0)),
+        "response/length_mean": float(lengths.mean()),
+        "response/length_max": int(lengths.max()),
+        "response/length_min": int(lengths.min()),
+        "response/truncated_frac": float(np.mean(truncated)),
+        **{f"verifier/{k}": statuses.get(k, 0) for k in _VERDICT_STATUSES},
+    }
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

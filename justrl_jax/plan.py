@@ -17,9 +17,9 @@ def architecture_of(model_path: str):
     """The Qwen2Config of a model path, reading only its config.json (no weights)."""
     from pathlib import Path
 
+    from justrl_jax.checkpoint import find_checkpoint
     from justrl_jax.model.hf_io import read_hf_config, resolve_model_dir
     from justrl_jax.model.qwen2 import Qwen2Config
-    from justrl_jax.model.source import find_checkpoint
 
     step_dir = find_checkpoint(model_path) if Path(model_path).exists() else None
     if step_dir is not None:

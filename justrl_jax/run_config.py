@@ -186,6 +186,24 @@ class RunConfig:
         )
 
 
+def check_against_mesh(cfg: RunConfig, mesh) -> None:
+    """What can only be checked once the mesh is known; raised before anything compiles."""
+    from justrl_jax.sharding import data_parallel_size
+
+    dp = data_parallel_size(mesh)
+    n = cfg.rollout.sequences
+    if n % dp:
+        raise ValueError(
+            f"rollout batch of {n} responses is not divisible by the data-parallel size {dp} "
+            f"(mesh {dict(mesh.shape)}); change rollout.prompts_per_step or --mesh"
+        )
+    if cfg.train.mini_batch_size % dp:
+        raise ValueError(
+            f"train.mini_batch_size ({cfg.train.mini_batch_size}) is not divisible by the "
+            f"data-parallel size {dp} (mesh {dict(mesh.shape)})"
+        )
+
+
 def default_config_path() -> Path:
     return CONFIG_DIR / "demo.yaml"
 

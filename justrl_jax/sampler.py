@@ -40,13 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
+from justrl_jax.global_arrays import to_global, to_host
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.model.kv_cache import KVCache
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 from justrl_jax.sampling import Greedy, Strategy, Temperature, TopK, TopP
-from justrl_jax.sharding import data_parallel_size, logical_spec
+from justrl_jax.sharding import axis_size, data_parallel_size, logical_spec
 
 _STRATEGIES = (Greedy, Temperature, TopP, TopK)
 
@@ -60,13 +61,15 @@ class FinishReason(enum.IntEnum):
 
 @flax.struct.dataclass
 class Rollout:
-    """Sampled completions, rows ``i*n .. i*n+n-1`` from prompt ``i``. Host numpy arrays.
+    """Sampled completions, rows ``i*n .. i*n+n-1`` from prompt ``i``. Host numpy arrays, except logprobs.
 
     prompt_ids:      [R, P] int32  the prompts as given (left-padded), repeated
     prompt_mask:     [R, P] bool
     completion_ids:  [R, T] int32  T = max_new_tokens; the EOS is kept, pad_id after it
     completion_mask: [R, T] bool   True for the sampled tokens (EOS included)
-    logprobs:        [R, T] f32    log softmax(logits / T) of each sampled token (0 where masked)
+    logprobs:        [R, T] f32    log softmax(logits / T) of each sampled token (0 where masked); only
+                                   when asked (``generate(logprobs=True)``), else None; a device array
+                                   (global, rows over the batch axis): its readers compare it on device
     lengths:         [R] int32     completion tokens, EOS included
     finish:          [R] int8      FinishReason values
     """
@@ -75,7 +78,7 @@ class Rollout:
     prompt_mask: np.ndarray
     completion_ids: np.ndarray
     completion_mask: np.ndarray
-    logprobs: np.ndarray
+    logprobs: jax.Array | None
     lengths: np.ndarray
     finish: np.ndarray
 
@@ -357,8 +360,10 @@ class Sampler:
         *,
         n: int = 1,
         key: int | jax.Array = 0,
+        logprobs: bool = False,
     ) -> Rollout:
-        """Samples ``n`` completions of each left-padded prompt. ``key``: an int seed or a JAX PRNG key."""
+        """Samples ``n`` completions of each left-padded prompt. ``key``: an int seed or a JAX PRNG key.
+        ``logprobs``: also return each sampled token's log-prob (left on device, see :class:`Rollout`)."""
         if isinstance(params, nnx.Module):
             params = nnx.state(params, nnx.Param)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -373,54 +378,47 @@ class Sampler:
         rows = bucket_ids.shape[0]
 
         dp = data_parallel_size(self.mesh) if self.mesh is not None else 1
-        tensor = self.mesh.shape["tensor"] if self.mesh is not None else 1
+        tensor = axis_size(self.mesh, "kv_heads")
         itemsize = jnp.dtype(self.config.cache_dtype or compute_dtype).itemsize
         plan = plan_waves(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
         params = reshard_params(params, self.mesh)
         row_keys = _row_keys(key, rows)
 
-        outputs = []
+        outputs, wave_logprobs = [], []
         for wave in range(plan.waves):
             lo, hi = wave * plan.wave_rows, min((wave + 1) * plan.wave_rows, rows)
             fill = plan.wave_rows - (hi - lo)
             take = np.concatenate([np.arange(lo, hi), np.full(fill, lo)])  # fillers copy a real row
             active = np.arange(plan.wave_rows) < hi - lo
             state = self._run_wave(params, bucket_ids[take], bucket_mask[take], row_keys[take], active, width)
-            outputs.append(jax.tree.map(lambda x, k=hi - lo: x[:k], state))
+            outputs.append({name: to_host(getattr(state, name))[: hi - lo] for name in ("tokens", "eos", "length")})
+            if logprobs:  # already 0 wherever nothing was sampled
+                wave_logprobs.append(state.logprobs if fill == 0 else state.logprobs[: hi - lo])
 
         out = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
         t = self.config.max_new_tokens
-        completion_mask = np.arange(t)[None, :] < out["length"][:, None]
-        finish = np.where(out["eos"], FinishReason.EOS, FinishReason.LENGTH).astype(np.int8)
         return Rollout(
             prompt_ids=np.repeat(np.asarray(prompt_ids, np.int32), n, axis=0),
             prompt_mask=np.repeat(np.asarray(prompt_mask).astype(bool), n, axis=0),
             completion_ids=out["tokens"],
-            completion_mask=completion_mask,
-            logprobs=np.where(completion_mask, out["logprobs"], 0.0).astype(np.float32),
+            completion_mask=np.arange(t)[None, :] < out["length"][:, None],
+            logprobs=(jnp.concatenate(wave_logprobs) if len(wave_logprobs) > 1 else wave_logprobs[0])
+            if logprobs
+            else None,
             lengths=out["length"].astype(np.int32),
-            finish=finish,
+            finish=np.where(out["eos"], FinishReason.EOS, FinishReason.LENGTH).astype(np.int8),
         )
 
-    def _run_wave(self, params, ids, mask, keys, active, width) -> dict[str, np.ndarray]:
+    def _run_wave(self, params, ids, mask, keys, active, width) -> _DecodeState:
         segments = self.config.segments(width)
-        state = self.prefill_fn(
-            params, self._put(ids), self._put(mask), self._put(keys), self._put(active), slots=segments[0]
-        )
+        state = self.prefill_fn(params, *to_global((ids, mask, keys, active), self.mesh), slots=segments[0])
         for k, slots in enumerate(segments):
             if k:
-                if bool(_host(state.done).all()):
+                if bool(to_host(state.done).all()):
                     break
                 state = self.grow_fn(state, slots=slots)
             state = self.decode_fn(params, state, jnp.asarray(slots - width, jnp.int32))
-        return {name: _host(getattr(state, name)) for name in ("tokens", "logprobs", "eos", "length")}
-
-    def _put(self, x: np.ndarray) -> jax.Array:
-        """A host array identical on every process -> a global array split over the batch axis."""
-        if self.mesh is None:
-            return jnp.asarray(x)
-        sharding = NamedSharding(self.mesh, PartitionSpec("fsdp", *([None] * (x.ndim - 1))))
-        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+        return state
 
     def _model_info(self, params) -> tuple[Qwen2Config, Any]:
         model = nnx.merge(self.graphdef, params)  # new Variables around the same arrays: no copy
@@ -429,14 +427,6 @@ class Sampler:
 
 def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
-
-
-def _host(x) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def _row_keys(key: int | jax.Array, rows: int) -> np.ndarray:

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import jax
@@ -95,6 +94,15 @@ class MeshConfig:
             )
         return self.fsdp, self.tensor
 
+    @classmethod
+    def of(cls, mesh: Mesh) -> MeshConfig:
+        """The concrete sizes of a built mesh."""
+        return cls(*(int(mesh.shape[a]) for a in AXES))
+
+    def axis_sizes(self) -> dict[str, int]:
+        """``{mesh axis name: size}`` of concrete sizes (what ``logical_spec`` reads from ``mesh.shape``)."""
+        return dict(zip(AXES, (self.fsdp, self.tensor), strict=True))
+
     def __str__(self) -> str:
         return f"fsdp={self.fsdp},tensor={self.tensor}"
 
@@ -145,5 +153,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def mesh_axis_of(logical: str) -> str | None:
+    """The mesh axis a logical axis is split over (None: replicated)."""
+    if logical not in LOGICAL_RULES:
+        raise KeyError(f"logical axis {logical!r} has no rule in LOGICAL_RULES")
+    return LOGICAL_RULES[logical]
+
+
+def axis_size(mesh: Mesh | None, logical: str) -> int:
+    """How many ways ``mesh`` splits the logical axis ``logical`` at most (1 without a mesh)."""
+    axis = mesh_axis_of(logical)
+    return 1 if mesh is None or axis is None else int(mesh.shape[axis])
+
+
+def batch_spec(ndim: int = 1) -> PartitionSpec:
+    """Rows split over the data-parallel axis, the other ``ndim - 1`` dimensions whole."""
+    return PartitionSpec(mesh_axis_of("batch"), *([None] * (ndim - 1)))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    return NamedSharding(mesh, batch_spec(ndim))
+
+
 def data_parallel_size(mesh: Mesh) -> int:
-    return int(math.prod(mesh.shape[a] for a in ("fsdp",)))
+    return axis_size(mesh, "batch")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from justrl_jax.train_step import TrainBatch
@@ -41,3 +45,17 @@ def build_train_batch(
         loss_mask=loss_mask.astype(np.float32),
         advantages=advantages.astype(np.float32),
     )
+
+
+@functools.partial(jax.jit, static_argnames=("prompt_width",))
+def logprob_gap(sampler_logps: jax.Array, batch_logps: jax.Array, loss_mask: jax.Array, prompt_width: int):
+    """max |sampler log-prob - trainer log-prob| over the response tokens, on device: the first alarm of a
+    sampler/trainer mismatch (it should be ~1e-6 at temperature 1 in fp32; 0 when there is no token).
+
+    sampler_logps [N, T] (``Rollout.logprobs``); batch_logps, loss_mask [N, P + T'] laid out as
+    :func:`build_train_batch` lays out the batch (P = ``prompt_width``, T' <= T).
+    """
+    trainer = batch_logps[:, prompt_width:]
+    sampler = sampler_logps[:, : trainer.shape[1]]
+    gap = jnp.where(loss_mask[:, prompt_width:] > 0, jnp.abs(sampler - trainer), 0.0)
+    return jnp.max(gap, initial=0.0)

@@ -46,9 +46,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from justrl_jax.losses import LossConfig, LossStats, fused_policy_loss, sequence_logps
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.optim import OptimConfig, learning_rate_at, make_optimizer, set_learning_rate
-from justrl_jax.sharding import data_parallel_size, replicated
+from justrl_jax.sharding import data_parallel_size, mesh_axis_of, replicated
 
-_BATCH_AXIS = "fsdp"
+_BATCH_AXIS = mesh_axis_of("batch")  # the mesh axis the rules split rows over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,11 +172,13 @@ class TrainMetrics:
 
 @flax.struct.dataclass
 class LogpResult:
-    """logps [N,S]: token-aligned log-probs (0 at position 0); entropy: token mean over loss_mask tokens."""
+    """logps [N,S]: token-aligned log-probs (0 at position 0); entropy: token mean over loss_mask tokens;
+    ref_logps [N,S]: the same under the reference policy (None without a KL term)."""
 
     logps: jax.Array
     entropy: jax.Array
     tokens: jax.Array
+    ref_logps: jax.Array | None = None
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -286,38 +288,54 @@ def _check_batch(batch: TrainBatch, cfg: TrainConfig, need_old: bool) -> tuple[i
 
 def make_compute_logps(
     graphdef: nnx.GraphDef, cfg: TrainConfig, mesh: Mesh | None, sharding: TrainState | None = None
-) -> Callable[[TrainState, TrainBatch], LogpResult]:
-    """Jitted ``(state, batch) -> LogpResult``: token log-probs of ``batch.tokens`` under ``state.params``
-    (no gradient), micro-batched like the update. ``batch.old_logps`` is ignored."""
-    dp = data_parallel_size(mesh) if mesh is not None else 1
+) -> Callable[..., LogpResult]:
+    """Jitted ``(state, batch, ref_params=None) -> LogpResult``: token log-probs of ``batch.tokens`` under
+    ``state.params`` (no gradient), micro-batched like the update. ``batch.old_logps`` is ignored.
 
-    def compute(state: TrainState, batch: TrainBatch) -> LogpResult:
+    With a KL term (``cfg.loss.kl_coef > 0``) it needs ``ref_params``, the frozen reference policy's
+    parameters (laid out like ``state.params``), and scores the batch under them in the same pass.
+    """
+    dp = data_parallel_size(mesh) if mesh is not None else 1
+    with_ref = cfg.loss.kl_coef > 0
+
+    def scored(params, x: TrainBatch):
+        model = _merge(graphdef, params, cfg)
+        hidden, _ = model(x.tokens, x.positions, x.attn_mask)
+        return sequence_logps(hidden, model.unembed(), x.tokens, cfg.logp_chunk_size, start=x.completion_start)
+
+    def compute(state: TrainState, batch: TrainBatch, ref_params=None) -> LogpResult:
         n, s = _check_batch(batch, cfg, need_old=False)
+        if with_ref and ref_params is None:
+            raise ValueError("loss.kl_coef > 0: compute_logps needs the reference policy's ref_params")
         m = cfg.micro_batch_for(n, s, dp)
         micro = _split_micro(batch.replace(old_logps=None, ref_logps=None), m, mesh)
 
         def body(acc, x: TrainBatch):
-            model = _merge(graphdef, state.params, cfg)
-            hidden, _ = model(x.tokens, x.positions, x.attn_mask)
-            logps, ent = sequence_logps(
-                hidden, model.unembed(), x.tokens, cfg.logp_chunk_size, start=x.completion_start
-            )
+            logps, ent = scored(state.params, x)
+            ref = scored(ref_params, x)[0] if with_ref else None
             mask = x.loss_mask.astype(jnp.float32)
-            return (acc[0] + jnp.sum(ent * mask), acc[1] + jnp.sum(mask)), logps
+            return (acc[0] + jnp.sum(ent * mask), acc[1] + jnp.sum(mask)), (logps, ref)
 
         zero = jnp.zeros((), jnp.float32)
-        (ent_sum, tokens), logps = jax.lax.scan(body, (zero, zero), micro)
-        return LogpResult(logps=_merge_micro(logps, mesh), entropy=ent_sum / jnp.maximum(tokens, 1.0), tokens=tokens)
+        (ent_sum, tokens), (logps, ref) = jax.lax.scan(body, (zero, zero), micro)
+        return LogpResult(
+            logps=_merge_micro(logps, mesh),
+            entropy=ent_sum / jnp.maximum(tokens, 1.0),
+            tokens=tokens,
+            ref_logps=None if ref is None else _merge_micro(ref, mesh),
+        )
 
     if mesh is None:
-        return jax.jit(compute)
-    if sharding is None:
-        raise ValueError("make_compute_logps on a mesh needs the state's sharding (state_sharding(state))")
-    data = NamedSharding(mesh, PartitionSpec(_BATCH_AXIS))
-    rep = replicated(mesh)
-    return jax.jit(
-        compute, in_shardings=(sharding, data), out_shardings=LogpResult(logps=data, entropy=rep, tokens=rep)
-    )
+        jitted = jax.jit(compute)
+    else:
+        if sharding is None:
+            raise ValueError("make_compute_logps on a mesh needs the state's sharding (state_sharding(state))")
+        data = NamedSharding(mesh, PartitionSpec(_BATCH_AXIS))
+        rep = replicated(mesh)
+        out = LogpResult(logps=data, entropy=rep, tokens=rep, ref_logps=data if with_ref else None)
+        ref = sharding.params if with_ref else None
+        jitted = jax.jit(compute, in_shardings=(sharding, data, ref), out_shardings=out)
+    return lambda state, batch, ref_params=None: jitted(state, batch, ref_params)
 
 
 def make_train_step(

@@ -86,3 +86,17 @@ def test_singleton_groups_follow_verl():
 def test_bad_input(rewards, g, match):
     with pytest.raises(ValueError, match=match):
         group_advantages(rewards, g)
+
+
+def test_host_rewards_give_host_advantages_equal_to_the_device_path():
+    import jax
+    import jax.numpy as jnp
+
+    rewards = np.array([1, -1, -1, -1, 1, 1, 1, 1, 0.5, -1, 1, 0], np.float32)
+    host = group_advantages(rewards, 4)
+    device = group_advantages(jnp.asarray(rewards), 4)
+    assert isinstance(host, np.ndarray) and host.dtype == np.float32  # no device round trip
+    assert isinstance(device, jax.Array)
+    np.testing.assert_allclose(host, np.asarray(device), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(host, _reference(rewards, 4), rtol=1e-5, atol=1e-6)
+    assert (host[4:8] == 0).all()

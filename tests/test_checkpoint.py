@@ -16,11 +16,11 @@ from justrl_jax.checkpoint import (
     abstract_like,
     complete_steps,
     dict_changes,
+    find_checkpoint,
     restore_step_dir,
 )
 from justrl_jax.model.construct import create_model
 from justrl_jax.model.qwen2 import Qwen2Config
-from justrl_jax.model.source import find_checkpoint
 from justrl_jax.optim import OptimConfig
 from justrl_jax.sharding import make_mesh
 from justrl_jax.train_step import init_train_state

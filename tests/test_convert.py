@@ -128,8 +128,7 @@ def test_a_run_is_a_model_wherever_a_model_is_named(tmp_path, run_dir):
     started = {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(runner.state.params)}
     expected = _flat_params(newest)
     assert started.keys() == expected.keys() and all(np.array_equal(started[k], expected[k]) for k in started)
-    runner.checkpointer.close()
-    runner.metrics.close()
+    runner.close()
 
     # generate --model RUN_DIR gives transformers' greedy tokens on the converted checkpoint.
     hf_dir = convert_cli.convert(moved, tmp_path / "hf", dtype="float32")

@@ -11,6 +11,7 @@ from justrl_jax.losses import (
     LossStats,
     chunked_logps,
     fused_policy_loss,
+    k3_kl,
     policy_loss,
     sequence_logps,
 )
@@ -130,6 +131,28 @@ def test_policy_loss_and_gradient_match_numpy(agg, ent_coef, kl_coef):
     np.testing.assert_allclose(float(stats.mean("approx_kl_sum")), want["approx_kl"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(stats.mean("entropy_sum")), want["entropy"], rtol=1e-6)
     assert float(stats.tokens) == mask.sum()
+
+
+def test_k3_kl_and_its_gradient_match_numpy():
+    """verl's low_var_kl: d = clamp(ref - logp, -20, 20), k3 = exp(d) - d - 1 clamped to [-10, 10];
+    d k3 / d logp = 1 - exp(d) where neither clamp holds, else 0. Every region is hit; at d = 100 an
+    unclamped exp would overflow and make the gradient NaN."""
+    d = np.array([-25.0, -20.5, -19.0, -3.0, -0.4, 0.0, 1e-3, 0.7, 2.0, 2.6, 3.5, 19.0, 21.0, 100.0])
+    logp = np.linspace(-6.0, -0.1, d.size)
+    ref = logp + d
+
+    clamped = np.clip(ref - logp, -20.0, 20.0)
+    raw = np.exp(clamped) - clamped - 1.0
+    want = np.clip(raw, -10.0, 10.0)
+    want_grad = np.where((np.abs(ref - logp) < 20.0) & (raw < 10.0), 1.0 - np.exp(clamped), 0.0)
+    assert (raw > 10.0).any() and (np.abs(d) > 20.0).any() and ((raw < 10.0) & (d != 0)).sum() >= 5
+
+    got, grad = jax.value_and_grad(lambda lp: jnp.sum(k3_kl(lp, jnp.asarray(ref, jnp.float32))))(
+        jnp.asarray(logp, jnp.float32)
+    )
+    np.testing.assert_allclose(np.asarray(k3_kl(jnp.asarray(logp), jnp.asarray(ref))), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(got), want.sum(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("agg", list(LossAggregation))

@@ -270,8 +270,7 @@ def test_resume_path_onto_another_mesh(tmp_path, reference):
     _assert_equal_trees(_flat(other["opt_state"]), _flat(runner.state.opt_state), "optimizer state")
     assert int(runner.state.step) == int(other["step"]) > 0
     assert dict(next(iter(jax.tree.leaves(runner.state.params))).sharding.mesh.shape) == {"fsdp": 2, "tensor": 8}
-    runner.checkpointer.close()
-    runner.metrics.close()
+    runner.close()
 
 
 def test_no_resume_starts_the_run_directory_over(tmp_path, reference):
@@ -281,5 +280,4 @@ def test_no_resume_starts_the_run_directory_over(tmp_path, reference):
     assert runner.start_step == 0
     assert complete_steps(run_dir) == []  # else a later save of step 1 would meet the old run's step 1
     assert read_jsonl(run_dir / "metrics.jsonl") == []
-    runner.checkpointer.close()
-    runner.metrics.close()
+    runner.close()

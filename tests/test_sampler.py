@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from justrl_jax.model.construct import place_model, state_shardings
+from justrl_jax.model.construct import state_shardings
 from justrl_jax.model.kv_cache import KVCache
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig, plan_waves, reshard_params
@@ -42,19 +42,24 @@ def _row_bytes(slots: int) -> int:
 def test_waves_give_the_same_rollout_as_one_pass(model):
     ids, mask = _prompts([3, 8, 5], 8)
     config = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8)
-    one = Sampler(model, config, eos_ids=(7, 9), pad_id=0).generate(model, ids, mask, n=2, key=5)
+    sampler = Sampler(model, config, eos_ids=(7, 9), pad_id=0)
+    one = sampler.generate(model, ids, mask, n=2, key=5, logprobs=True)
+    plain = sampler.generate(model, ids, mask, n=2, key=5)  # log-probs stay on device unless asked for
+    assert plain.logprobs is None and isinstance(one.logprobs, jax.Array)
+    np.testing.assert_array_equal(plain.completion_ids, one.completion_ids)
     budget = 2 * (_row_bytes(8) + _row_bytes(8 + NEW))  # two rows at the peak (prefill cache + decode cache)
     waved = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8, kv_cache_budget_bytes=budget)
     plan = plan_waves(CFG, waved, rows=6, prompt_width=8)
     assert (plan.wave_rows, plan.waves) == (2, 3) and plan.peak_bytes_per_device <= budget
-    out = Sampler(model, waved, eos_ids=(7, 9), pad_id=0).generate(model, ids, mask, n=2, key=5)
+    out = Sampler(model, waved, eos_ids=(7, 9), pad_id=0).generate(model, ids, mask, n=2, key=5, logprobs=True)
     np.testing.assert_array_equal(out.completion_ids, one.completion_ids)
     np.testing.assert_allclose(out.logprobs, one.logprobs, atol=1e-6)
     np.testing.assert_array_equal(out.finish, one.finish)
     # group-contiguous rows, and masks that agree with lengths and finish reasons
     np.testing.assert_array_equal(out.prompt_ids, np.repeat(ids, 2, axis=0))
     np.testing.assert_array_equal(out.completion_mask.sum(axis=1), out.lengths)
-    assert (out.logprobs[~out.completion_mask] == 0).all() and (out.completion_ids[~out.completion_mask] == 0).all()
+    assert (np.asarray(out.logprobs)[~out.completion_mask] == 0).all()
+    assert (out.completion_ids[~out.completion_mask] == 0).all()
     for r in range(6):
         last = out.completion_ids[r, out.lengths[r] - 1]
         assert (out.finish[r] == FinishReason.EOS) == (last in (7, 9))
@@ -91,9 +96,9 @@ def test_a_growing_cache_gives_the_same_rollout(model):
     plain = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8)
     chunked = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8, decode_chunk=3)
     assert chunked.segments(8) == [11, 14, 16]
-    a = Sampler(model, plain, eos_ids=(3,), pad_id=0).generate(model, ids, mask, n=2, key=9)
+    a = Sampler(model, plain, eos_ids=(3,), pad_id=0).generate(model, ids, mask, n=2, key=9, logprobs=True)
     grown = Sampler(model, chunked, eos_ids=(3,), pad_id=0)
-    b = grown.generate(model, ids, mask, n=2, key=9)
+    b = grown.generate(model, ids, mask, n=2, key=9, logprobs=True)
     np.testing.assert_array_equal(b.completion_ids, a.completion_ids)
     np.testing.assert_allclose(b.logprobs, a.logprobs, atol=1e-6)
     assert grown.decode_fn._cache_size() == 3  # one program per cache size
@@ -119,9 +124,9 @@ def test_the_loop_stops_when_every_row_has_finished(model):
 
 def test_reshard_params_is_the_identity_on_the_training_layout(model):
     mesh = make_mesh("4x4")
-    placed = nnx.state(place_model(nnx.clone(model), mesh), nnx.Param)
-    assert reshard_params(placed, mesh) is placed
     local = nnx.state(model, nnx.Param)
+    placed = jax.device_put(local, state_shardings(local, mesh))  # as the train state lays them out
+    assert reshard_params(placed, mesh) is placed
     moved = reshard_params(local, mesh)
     target = jax.tree.leaves(state_shardings(local, mesh))
     for x, s in zip(jax.tree.leaves(moved), target, strict=True):

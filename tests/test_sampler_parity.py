@@ -79,7 +79,7 @@ def test_sampler_logprobs_equal_trainer_recomputation(tiny):
     sampler = Sampler(
         model, SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8), eos_ids=(7,), pad_id=0
     )
-    out = sampler.generate(model, ids, mask, n=3, key=11)
+    out = sampler.generate(model, ids, mask, n=3, key=11, logprobs=True)
     assert len({tuple(r) for r in out.completion_ids}) > 3  # the n samples of a prompt differ
     batch = build_train_batch(
         out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask, np.zeros(len(out.lengths)), 1, 0
@@ -92,7 +92,7 @@ def test_sampler_logprobs_equal_trainer_recomputation(tiny):
     recomputed = np.where(out.completion_mask[:, :t], picked[:, p - 1 : p - 1 + t], 0.0)
     np.testing.assert_allclose(out.logprobs[:, :t], recomputed, atol=1e-5)
     # and reproducible from the seed
-    again = sampler.generate(model, ids, mask, n=3, key=11)
+    again = sampler.generate(model, ids, mask, n=3, key=11, logprobs=True)
     np.testing.assert_array_equal(again.completion_ids, out.completion_ids)
 
 
@@ -161,12 +161,12 @@ def test_same_tokens_on_a_4x4_mesh(tiny):
     path, _, model = tiny
     ids, mask = _prompts([3, 6, 2, 5], 128, 6, seed=8)
     config = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8)
-    single = Sampler(model, config, eos_ids=(), pad_id=0).generate(model, ids, mask, n=4, key=21)
+    single = Sampler(model, config, eos_ids=(), pad_id=0).generate(model, ids, mask, n=4, key=21, logprobs=True)
     mesh = make_mesh("4x4")
     sharded_model = load_hf_model(str(path), mesh=mesh)
     with jax.set_mesh(mesh):
         multi = Sampler(sharded_model, config, mesh=mesh, eos_ids=(), pad_id=0).generate(
-            sharded_model, ids, mask, n=4, key=21
+            sharded_model, ids, mask, n=4, key=21, logprobs=True
         )
     np.testing.assert_array_equal(multi.completion_ids, single.completion_ids)
     np.testing.assert_allclose(multi.logprobs, single.logprobs, atol=1e-5)

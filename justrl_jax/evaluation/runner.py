@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import logging
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -479,33 +478,22 @@ class Validator:
         return metrics
 
 
-_VALIDATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def training_validator(cfg, rollout, graphdef, tokenizer, *, eos_ids: Sequence[int], mesh=None) -> Validator:
+    """The RL loop's in-training :class:`Validator`, built once per run (one compile, reused).
 
-
-def validate(loop, cfg) -> dict[str, float]:
-    """In-training validation for the RL loop (``RLRunner``); ``cfg`` is its ``validation`` section.
-
-    Uses the loop's graphdef, current ``state.params``, tokenizer, eos ids and mesh. The
-    :class:`Validator` is built on the first call and kept for the loop's lifetime, so later calls
-    do not recompile. Rows per generate call: as many as keep the KV cache (rows x tokens) no
-    larger than the training rollouts', which the run already fits.
+    ``cfg`` is the run's ``validation`` section and ``rollout`` its ``rollout`` section. Rows per
+    generate call: as many as keep the KV cache (rows x tokens) no larger than the training rollouts',
+    which the run already fits.
     """
-    validator = _VALIDATORS.get(loop)
-    if validator is None:
-        r = loop.cfg.rollout
-        rows = max(1, min(r.sequences, r.sequences * r.max_new_tokens // cfg.max_new_tokens))
-        eval_cfg = validation_eval_config(
-            benchmarks=cfg.benchmarks,
-            n_samples=cfg.n_samples,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            batch_size=rows,
-            kv_cache_budget_gb=r.kv_cache_budget_gb,
-            grader=cfg.grader,
-        )
-        validator = Validator(
-            loop.graphdef, loop.tokenizer, eval_cfg, cfg.data_dir, eos_ids=loop.policy.eos_ids, mesh=loop.mesh
-        )
-        _VALIDATORS[loop] = validator
-    return validator(loop.state.params)
+    rows = max(1, min(rollout.sequences, rollout.sequences * rollout.max_new_tokens // cfg.max_new_tokens))
+    eval_cfg = validation_eval_config(
+        benchmarks=cfg.benchmarks,
+        n_samples=cfg.n_samples,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=rows,
+        kv_cache_budget_gb=rollout.kv_cache_budget_gb,
+        grader=cfg.grader,
+    )
+    return Validator(graphdef, tokenizer, eval_cfg, cfg.data_dir, eos_ids=eos_ids, mesh=mesh)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from justrl_jax.global_arrays import place
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.sharding import logical_sharding, replicated
 
@@ -65,13 +66,6 @@ def create_model(
     return nnx.merge(graphdef, state)
 
 
-def place_model(model: Qwen2, mesh: Mesh) -> Qwen2:
-    """Moves an existing model's parameters onto ``mesh`` with the logical layout."""
-    graphdef, state = nnx.split(model)
-    state = jax.device_put(state, state_shardings(state, mesh))
-    return nnx.merge(graphdef, state)
-
-
 def from_host_arrays(
     config: Qwen2Config,
     arrays: Callable[[tuple[str, ...]], jax.Array | None],
@@ -83,7 +77,7 @@ def from_host_arrays(
 ) -> Qwen2:
     """Builds a model whose parameters come from ``arrays(path)`` (host numpy arrays).
 
-    On a mesh each device receives only its own slice (``make_array_from_callback``), so a
+    On a mesh each device receives only its own slice (:func:`~justrl_jax.global_arrays.place`), so a
     multi-host run never materialises another host's shards on device.
     """
     graphdef, abstract = nnx.split(
@@ -107,7 +101,7 @@ def from_host_arrays(
             value = jnp.asarray(host)
         else:
             sharding: NamedSharding = flat_sh[path].get_value()
-            value = jax.make_array_from_callback(host.shape, sharding, lambda idx, h=host: h[idx])
+            value = place(host, sharding)
         leaves[path] = variable.replace(value)
     state = nnx.from_flat_state(leaves)
     return nnx.merge(graphdef, state)

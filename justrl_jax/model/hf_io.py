@@ -15,13 +15,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from justrl_jax.global_arrays import to_host
 from justrl_jax.model.construct import from_host_arrays
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.model.safetensors_io import read_safetensors, write_safetensors
@@ -284,7 +284,7 @@ def export_params(params: nnx.State, config: Qwen2Config, dtype: str = "bfloat16
             raise KeyError(f"parameter {entry.ours} missing from the state being exported")
         value = flat[entry.ours]
         value = value[...] if isinstance(value, nnx.Variable) else value
-        host = np.asarray(jax.device_get(value)).astype(np.float32)
+        host = to_host(value).astype(np.float32)  # whole, even when sharded over several hosts
         out[entry.hf] = _to_hf(host, entry.layout).astype(_NP_DTYPES[dtype])
     return out
 

@@ -19,14 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from justrl_jax.checkpoint import (
-    checkpoint_dir,
-    complete_steps,
-    hf_assets_dir,
-    is_complete,
-    read_meta,
-    restore_params,
-)
+from justrl_jax.checkpoint import find_checkpoint, hf_assets_dir, read_meta, restore_params
 from justrl_jax.model.construct import abstract_model, state_shardings
 from justrl_jax.model.hf_io import load_hf_model, resolve_model_dir
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
@@ -40,28 +33,6 @@ class Policy:
     tokenizer_dir: Path  # HF directory holding the tokenizer (and generation_config.json)
     eos_ids: tuple[int, ...]
     step: int | None = None  # checkpoint step, when it came from a run
-
-
-def find_checkpoint(name: str | Path) -> Path | None:
-    """The checkpoint step directory ``name`` refers to, or None when it is not a run/checkpoint.
-
-    A run directory means its newest *complete* checkpoint: a save cut short by a kill (Orbax's
-    ``<step>.orbax-checkpoint-tmp`` directory, or one without ``commit_success.txt``) is never used.
-    """
-    path = Path(name)
-    if is_complete(path):
-        return path
-    if (path / "params").is_dir() or (path / "meta").is_dir():
-        raise FileNotFoundError(
-            f"{path} is an incomplete checkpoint (a save that did not finish); "
-            f"complete ones in {path.parent}: {complete_steps(path.parent.parent)}"
-        )
-    if checkpoint_dir(path).is_dir():
-        steps = complete_steps(path)
-        if not steps:
-            raise FileNotFoundError(f"run directory {path} has no complete checkpoint yet")
-        return checkpoint_dir(path) / str(steps[-1])
-    return None
 
 
 def tokenizer_dir_of(step_dir: str | Path) -> Path:
