@@ -26,6 +26,8 @@ import logging
 import sys
 from pathlib import Path
 
+from justrl_jax.output_file import check_output
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -126,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             find_benchmark_file(args.data_dir, spec)
         if args.max_samples is not None and args.max_samples < 1:
             raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
+        out = Path(args.out) if args.out else _default_out(args.model)
+        # The out folder is a resumable store (existing samples are kept and reused), never an input.
+        check_output(out, [args.data_dir, args.model], overwrite=True, flag="--out", directory=True)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -142,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     policy = load_policy(args.model, mesh, param_dtype=dtype, compute_dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
-    out = Path(args.out) if args.out else _default_out(args.model)
     try:
         outcome = evaluate(
             policy.model,

@@ -28,7 +28,7 @@ from justrl_jax.checkpoint import (
     restore_params,
 )
 from justrl_jax.model.construct import abstract_model, state_shardings
-from justrl_jax.model.hf_io import load_hf_model, resolve_model_dir
+from justrl_jax.model.hf_io import load_hf_model, read_hf_config, resolve_model_dir
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 
 
@@ -92,6 +92,19 @@ def eos_ids_of(model_dir: Path) -> tuple[int, ...]:
     if tok.eos_token_id is None:
         raise ValueError(f"{model_dir}: no eos_token_id in generation_config.json or the tokenizer")
     return (int(tok.eos_token_id),)
+
+
+def describe_model(name: str | Path) -> tuple[Qwen2Config, Path]:
+    """The architecture and tokenizer directory of ``name`` without reading any weights (to check
+    inputs against the vocabulary before the expensive load)."""
+    step_dir = find_checkpoint(name)
+    if step_dir is None:
+        model_dir = resolve_model_dir(str(name))
+        return read_hf_config(model_dir), model_dir
+    info = read_meta(step_dir).get("model")
+    if not info:
+        raise ValueError(f"{step_dir}: checkpoint meta has no 'model' entry")
+    return Qwen2Config(**info["arch"]), tokenizer_dir_of(step_dir)
 
 
 def load_policy(
