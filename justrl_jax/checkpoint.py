@@ -24,8 +24,9 @@ import dataclasses
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,21 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def hf_assets_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "hf_assets"
+
+
+def damaged_dir(run_dir: str | Path) -> Path:
+    """Where checkpoints that failed to restore are kept (moved, never deleted)."""
+    return Path(run_dir) / "checkpoints_damaged"
+
+
+def reset_hf_assets(run_dir: str | Path) -> bool:
+    """Removes the run's copy of its starting model's tokenizer and configs (a run that starts at step 0
+    copies them afresh from its own model.path at its first save); True when there was one."""
+    out = hf_assets_dir(run_dir)
+    if not out.exists():
+        return False
+    shutil.rmtree(out)
+    return True
 
 
 # Everything an HF model directory holds except its weights (small files: copied once per run).
@@ -220,6 +237,24 @@ class Checkpointer:
             self._manager.delete(s)
         return doomed
 
+    def set_aside(self, step: int) -> Path:
+        """Moves the checkpoint of ``step`` (a damaged one) out of the way, never deleting it: to
+        ``RUN_DIR/checkpoints_damaged/<step>`` (``<step>.1``, ... when that name is taken)."""
+        self._manager.wait_until_finished()
+        target = damaged_dir(self.directory.parent) / str(step)
+        n = 0
+        while target.exists():
+            n += 1
+            target = target.with_name(f"{step}.{n}")
+        if jax.process_index() == 0:  # one mover on a shared directory; the others wait for it
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.step_dir(step).rename(target)
+        from justrl_jax.distributed import barrier
+
+        barrier(f"set-aside-{step}", 300)
+        self._manager.reload()  # it lists the steps it found; this one is gone
+        return target
+
     def wait(self) -> None:
         """Blocks until the last asynchronous save is complete on disk."""
         self._manager.wait_until_finished()
@@ -303,3 +338,63 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+# --- resuming past damaged checkpoints -------------------------------------------------------------
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that reads fine but does not belong to this run (another architecture): a user
+    error that stops the run, never a reason to fall back to an older checkpoint."""
+
+
+class NoRestorableCheckpoint(FileNotFoundError):
+    """Every checkpoint of a run directory failed to restore; the message names each and why."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The gist of an error (TensorStore's run to a hundred lines) for a one-line report."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def restore_newest_restorable(checkpointer: Checkpointer, restore: Callable[[Path], T]) -> tuple[int, T] | None:
+    """Restores the newest checkpoint of ``checkpointer`` that restores, with ``restore(step_dir)``.
+
+    A checkpoint whose restore raises (missing or truncated files, missing or truncated meta) is
+    reported by step, path and reason, and the next older one is tried. Once one restores, each newer
+    one that failed is moved aside (:meth:`Checkpointer.set_aside`, never deleted) so the resumed run
+    cannot meet it again. :class:`CheckpointMismatch` is raised at once. Returns ``(step, result)``,
+    None when there is no checkpoint, and raises :class:`NoRestorableCheckpoint` naming what it tried
+    when none restores (then nothing is moved).
+    """
+    failed: list[tuple[int, Path, str]] = []
+    for step in reversed(checkpointer.all_steps()):
+        step_dir = checkpointer.step_dir(step)
+        try:
+            result = restore(step_dir)
+        except CheckpointMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to restore makes this checkpoint unusable
+            failed.append((step, step_dir, first_line(e)))
+            log.error("checkpoint %d (%s) does not restore: %s", step, step_dir, failed[-1][2])
+            continue
+        for bad_step, bad_dir, _ in failed:
+            aside = checkpointer.set_aside(bad_step)
+            log.warning(
+                "damaged checkpoint %d moved aside (kept, not deleted): %s -> %s; resuming from step %d instead",
+                bad_step,
+                bad_dir,
+                aside,
+                step,
+            )
+        return step, result
+    if failed:
+        raise NoRestorableCheckpoint(
+            f"no checkpoint in {checkpointer.directory} restores: "
+            + "; ".join(f"step {s} ({d}): {why}" for s, d, why in failed)
+            + ". Resume another run's checkpoint with --resume PATH, or start over with --no-resume "
+            "(which deletes them)"
+        )
+    return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -58,7 +59,7 @@ class NonFiniteError(RuntimeError):
 
 @dataclasses.dataclass
 class _Stop:
-    """Set by SIGTERM/SIGINT: finish the current step, save, exit 0."""
+    """Set by SIGTERM or a first SIGINT (Ctrl-C): finish the current step, save, exit 0."""
 
     requested: bool = False
     signal_name: str = ""
@@ -69,11 +70,18 @@ def _install_stop_handlers(stop: _Stop) -> dict:
         return {}
 
     def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if stop.requested and signum == signal.SIGINT:
+            # A second Ctrl-C: the user will not wait for the save. The checkpoint being written (if
+            # any) stays an Orbax temporary that the next start removes; the previous one is intact.
+            log.warning("second SIGINT: exiting now without saving (the newest complete checkpoint is kept)")
+            logging.shutdown()
+            os._exit(130)
         stop.requested = True
-        stop.signal_name = signal.Signals(signum).name
-        log.warning("%s received: saving a checkpoint after this step, then exiting", stop.signal_name)
+        stop.signal_name = name
+        log.warning("%s received: saving a checkpoint after this step, then exiting (Ctrl-C again: exit now)", name)
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM,)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig in previous:
         signal.signal(sig, handler)
     return previous
@@ -254,11 +262,20 @@ class RLRunner:
     def _restore(self, resume: bool | str) -> None:
         """Continues from a checkpoint, or starts the run directory over.
 
-        ``True``: its newest complete checkpoint, if any. A path: that run directory's newest complete
-        checkpoint or that checkpoint step, onto this run's mesh, then this run directory continues
+        ``True``: its newest checkpoint that restores, if any (newer damaged ones are moved aside, see
+        :func:`~justrl_jax.checkpoint.restore_newest_restorable`). A path: that run directory's newest
+        complete checkpoint or that checkpoint step, onto this run's mesh, then this run directory continues
         from it (its own newer checkpoints are deleted). ``False``: step 0, deleting old checkpoints.
         """
-        from justrl_jax.checkpoint import dict_changes, read_meta, restore_step_dir
+        from justrl_jax.checkpoint import (
+            CheckpointMismatch,
+            dict_changes,
+            first_line,
+            read_meta,
+            reset_hf_assets,
+            restore_newest_restorable,
+            restore_step_dir,
+        )
         from justrl_jax.model.source import find_checkpoint
 
         if self.checkpointer is None:
@@ -266,33 +283,58 @@ class RLRunner:
                 raise ValueError(f"--resume {resume}: checkpoint.enabled is false in this run's config")
             return
         own = self.checkpointer
+        params_target = abstract_like(nnx.to_pure_dict(self.state.params))
+        other_target = abstract_like(
+            {"opt_state": self.state.opt_state, "step": self.state.step, "skipped_updates": self.state.skipped_updates}
+        )
+
+        def load(step_dir: Path):
+            meta = read_meta(step_dir)
+            differs = dict_changes(meta["model"]["arch"], dataclasses.asdict(self.policy.model.config))
+            if differs:
+                raise CheckpointMismatch(
+                    f"checkpoint {step_dir} holds another architecture than model.path "
+                    f"({self.cfg.model.path}): "
+                    + ", ".join(f"{k} {saved!r} (checkpoint) != {now!r}" for k, saved, now in differs)
+                )
+            return meta, restore_step_dir(step_dir, params_target, other_target)
+
+        def start_over(why: str) -> None:
+            # Nothing refers to the run-local copy of an older starting model any more.
+            if self.primary and reset_hf_assets(self.run_dir):
+                log.warning(
+                    "%s: removed the run's old hf_assets/ (copied from %s at the first save)",
+                    why,
+                    self.policy.tokenizer_dir,
+                )
+
         if resume is False:
             dropped = own.delete_after(-1)
             if dropped:
                 log.warning("--no-resume: deleted the checkpoints %s in %s; starting at step 0", dropped, own.directory)
+            start_over("--no-resume")
             return
         if isinstance(resume, (str, Path)):
             step_dir = find_checkpoint(resume)
             if step_dir is None:
                 raise FileNotFoundError(f"--resume {resume}: not a run directory or a checkpoint step directory")
             source = "the checkpoint given by --resume"
+            try:
+                meta, restored = load(step_dir)
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever failed, the user named a checkpoint that does not restore
+                raise ValueError(f"--resume {resume}: checkpoint {step_dir} does not restore: {first_line(e)}") from e
         else:
-            latest = own.latest_step()
-            if latest is None:
+            found = restore_newest_restorable(own, load)
+            if found is None:
                 log.info("no checkpoint in %s: starting at step 0", own.directory)
+                start_over("no checkpoint")
                 return
-            step_dir = own.step_dir(latest)
-            source = "the newest complete checkpoint of this run directory"
-        meta = read_meta(step_dir)
+            step_dir = own.step_dir(found[0])
+            meta, restored = found[1]
+            source = "the newest checkpoint of this run directory that restores"
         step = int(meta["step"])
-
-        differs = dict_changes(meta["model"]["arch"], dataclasses.asdict(self.policy.model.config))
-        if differs:
-            raise ValueError(
-                f"checkpoint {step_dir} holds another architecture than model.path "
-                f"({self.cfg.model.path}): "
-                + ", ".join(f"{k} {saved!r} (checkpoint) != {now!r}" for k, saved, now in differs)
-            )
         changed = dict_changes(meta.get("config", {}), to_dict(self.cfg))
         if changed:
             log.warning(
@@ -300,11 +342,6 @@ class RLRunner:
                 "; ".join(f"{k}: {saved!r} -> {now!r}" for k, saved, now in changed),
             )
 
-        params_target = abstract_like(nnx.to_pure_dict(self.state.params))
-        other_target = abstract_like(
-            {"opt_state": self.state.opt_state, "step": self.state.step, "skipped_updates": self.state.skipped_updates}
-        )
-        restored = restore_step_dir(step_dir, params_target, other_target)
         params = self.state.params
         nnx.replace_by_pure_dict(params, restored.params)
         other = restored.opt_state
@@ -413,8 +450,9 @@ class RLRunner:
     def run(self) -> dict:
         """Runs steps ``start_step .. total_steps - 1`` and returns the last step's metrics.
 
-        SIGTERM (preemption): the current step finishes, validation is skipped, a checkpoint is saved
-        and ``run`` returns normally, so the process exits 0 within one step plus one save.
+        SIGTERM (preemption) or a first SIGINT (Ctrl-C): the current step finishes, validation is
+        skipped, a checkpoint is saved and ``run`` returns normally, so the process exits 0 within one
+        step plus one save. A second SIGINT exits at once (status 130) without saving.
         Raises :class:`NonFiniteError` after ``loop.max_nonfinite_steps`` consecutive steps whose
         updates were all skipped for non-finite gradients, and at once when the state due to be saved
         holds a NaN or Inf; the newest checkpoint on disk is then the last good state.

@@ -28,7 +28,7 @@ from justrl_jax.checkpoint import (
     restore_params,
 )
 from justrl_jax.model.construct import abstract_model, state_shardings
-from justrl_jax.model.hf_io import load_hf_model, read_hf_config, resolve_model_dir
+from justrl_jax.model.hf_io import load_hf_model, read_hf_config, read_hf_tensors, resolve_model_dir
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 
 
@@ -105,6 +105,15 @@ def describe_model(name: str | Path) -> tuple[Qwen2Config, Path]:
     if not info:
         raise ValueError(f"{step_dir}: checkpoint meta has no 'model' entry")
     return Qwen2Config(**info["arch"]), tokenizer_dir_of(step_dir)
+
+
+def check_model(name: str | Path) -> None:
+    """Reads what describes ``name`` (its config or checkpoint meta, its tokenizer's place, and the
+    safetensors headers against the file sizes) without reading a weight: a damaged model is a
+    one-line error before the expensive load."""
+    describe_model(name)
+    if find_checkpoint(name) is None:
+        read_hf_tensors(resolve_model_dir(str(name)))  # memory-mapped: only headers and sizes are read
 
 
 def load_policy(
