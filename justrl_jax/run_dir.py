@@ -46,7 +46,7 @@ class RunDirLock:
     def __init__(self, run_dir: str | Path, *, adopt: bool = False):
         self.run_dir = Path(run_dir)
         self.adopt = adopt
-        self.created = False  # this process made the directory (so a failed start removes it)
+        self.created: Path | None = None  # the topmost directory this start made (a failed start removes it)
         self.was_empty = False  # it was empty (so a failed start empties it again)
         self._fd: int | None = None
 
@@ -62,11 +62,14 @@ class RunDirLock:
             )
         self.was_empty = d.is_dir() and not any(d.iterdir())
         if not d.exists():
+            top = d.absolute()
+            while not top.parent.exists():
+                top = top.parent
             try:
                 d.mkdir(parents=True)
             except OSError as e:
                 raise RunDirError(f"cannot create run directory {d}: {e.strerror}") from e
-            self.created = True
+            self.created = top
         if not os.access(d, os.W_OK | os.X_OK):
             raise RunDirError(f"run directory {d} is not writable; fix its permissions or choose another --run-dir")
         try:
@@ -101,12 +104,12 @@ class RunDirLock:
             self._fd = None
 
     def discard_failed_start(self) -> None:
-        """Releases the lock; removes the directory when this start created it, and empties it again when
-        it was empty (everything in it is then this start's own)."""
+        """Releases the lock; removes the directory (and the parents) this start created, and empties it
+        again when it was empty (everything in it is then this start's own)."""
         held = self._fd is not None
         self.release()
-        if held and self.created:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if held and self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
         elif held and self.was_empty:
             for child in self.run_dir.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
