@@ -292,8 +292,13 @@ def read_meta(step_dir: str | Path) -> dict:
 def restore_params(step_dir: str | Path, abstract_params):
     """Only the parameters of one checkpoint step directory (for convert, generate, evaluate)."""
     step_dir = Path(step_dir).absolute()
-    with ocp.StandardCheckpointer() as handler:
-        return handler.restore(step_dir / "params", abstract_params)
+    try:
+        with ocp.StandardCheckpointer() as handler:
+            return handler.restore(step_dir / "params", abstract_params)
+    except Exception as e:  # noqa: BLE001 - TensorStore's errors for missing or cut files vary
+        raise ValueError(
+            f"checkpoint {step_dir} does not restore ({first_line(e)}); name an older step (RUN_DIR/checkpoints/<step>)"
+        ) from e
 
 
 def dict_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:

@@ -197,3 +197,17 @@ def test_convert_never_clobbers_an_existing_directory(tmp_path, run_dir, capsys)
     for path in fresh.iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes(), path.name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "out"]  # no temporary left behind
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, run_dir, capsys):
+    damaged = tmp_path / "run"
+    shutil.copytree(run_dir / "checkpoints" / "2", damaged / "checkpoints" / "2")
+    shutil.copytree(run_dir / "hf_assets", damaged / "hf_assets")
+    params = damaged / "checkpoints" / "2" / "params"
+    largest = max((p for p in params.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:100])
+    capsys.readouterr()
+    assert convert_cli.main([str(damaged), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"checkpoint {damaged / 'checkpoints' / '2'} does not restore" in err, err
+    assert not (tmp_path / "hf").exists()

@@ -226,3 +226,7 @@ def test_out_folder_is_never_an_input(setup, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "overlaps) the input" in err, err
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    (model.parent / "run_without_checkpoint" / "checkpoints").mkdir(parents=True)
+    assert evaluate_main(_args(model.parent / "run_without_checkpoint", data, model.parent / "o")) == 2
+    assert "has no complete checkpoint yet" in capsys.readouterr().err
+    assert not (model.parent / "o").exists()
