@@ -30,6 +30,8 @@ class OutputError(ValueError):
 
 def _overlap(a: Path, b: Path) -> bool:
     """True when ``a`` and ``b`` are the same path or one lies inside the other (after symlinks)."""
+    if a.exists() and b.exists() and os.path.samefile(a, b):  # hard links too
+        return True
     a, b = a.resolve(), b.resolve()
     return a == b or a in b.parents or b in a.parents
 

@@ -14,6 +14,9 @@ def test_check_output_refuses_inputs_existing_outputs_and_wrong_kinds(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(OutputError, match="is \\(or overlaps\\) the input"):
         check_output(data, [data], overwrite=True)
+    (tmp_path / "hard_link.jsonl").hardlink_to(data)
+    with pytest.raises(OutputError, match="overlaps"):  # the same file under another name
+        check_output(tmp_path / "hard_link.jsonl", [data], overwrite=True)
     with pytest.raises(OutputError, match="overlaps"):  # an output inside an input directory
         check_output(run / "checkpoints" / "hf", [run / "checkpoints"], overwrite=True, directory=True)
     with pytest.raises(OutputError, match="overlaps"):  # an output directory holding an input
