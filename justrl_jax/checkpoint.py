@@ -30,8 +30,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from justrl_jax.model.source import Policy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +85,21 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def hf_assets_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "hf_assets"
+
+
+def damaged_dir(run_dir: str | Path) -> Path:
+    """Where checkpoints that failed to restore are kept (moved, never deleted)."""
+    return Path(run_dir) / "checkpoints_damaged"
+
+
+def reset_hf_assets(run_dir: str | Path) -> bool:
+    """Removes the run's copy of its starting model's tokenizer and configs (a run that starts at step 0
+    copies them afresh from its own model.path at its first save); True when there was one."""
+    out = hf_assets_dir(run_dir)
+    if not out.exists():
+        return False
+    shutil.rmtree(out)
+    return True
 
 
 # Everything an HF model directory holds except its weights (small files: copied once per run).
@@ -227,6 +244,24 @@ class Checkpointer:
             self._manager.delete(s)
         return doomed
 
+    def set_aside(self, step: int) -> Path:
+        """Moves the checkpoint of ``step`` (a damaged one) out of the way, never deleting it: to
+        ``RUN_DIR/checkpoints_damaged/<step>`` (``<step>.1``, ... when that name is taken)."""
+        self._manager.wait_until_finished()
+        target = damaged_dir(self.directory.parent) / str(step)
+        n = 0
+        while target.exists():
+            n += 1
+            target = target.with_name(f"{step}.{n}")
+        if jax.process_index() == 0:  # one mover on a shared directory; the others wait for it
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.step_dir(step).rename(target)
+        from justrl_jax.distributed import barrier
+
+        barrier(f"set-aside-{step}", 300)
+        self._manager.reload()  # it lists the steps it found; this one is gone
+        return target
+
     def newest_good(self) -> str:
         """Where the last good state is, for an error message (after the pending save completes)."""
         self.wait()
@@ -294,8 +329,13 @@ def read_meta(step_dir: str | Path) -> dict:
 def restore_params(step_dir: str | Path, abstract_params):
     """Only the parameters of one checkpoint step directory (for convert, generate, evaluate)."""
     step_dir = Path(step_dir).absolute()
-    with ocp.StandardCheckpointer() as handler:
-        return handler.restore(step_dir / "params", abstract_params)
+    try:
+        with ocp.StandardCheckpointer() as handler:
+            return handler.restore(step_dir / "params", abstract_params)
+    except Exception as e:  # noqa: BLE001 - TensorStore's errors for missing or cut files vary
+        raise ValueError(
+            f"checkpoint {step_dir} does not restore ({first_line(e)}); name an older step (RUN_DIR/checkpoints/<step>)"
+        ) from e
 
 
 def dict_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
@@ -317,6 +357,66 @@ def dict_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
         for k in sorted(set(a) | set(b))
         if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
     ]
+
+
+# --- resuming past damaged checkpoints -------------------------------------------------------------
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that reads fine but does not belong to this run (another architecture): a user
+    error that stops the run, never a reason to fall back to an older checkpoint."""
+
+
+class NoRestorableCheckpoint(FileNotFoundError):
+    """Every checkpoint of a run directory failed to restore; the message names each and why."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The gist of an error (TensorStore's run to a hundred lines) for a one-line report."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def restore_newest_restorable(checkpointer: Checkpointer, restore: Callable[[Path], T]) -> tuple[int, T] | None:
+    """Restores the newest checkpoint of ``checkpointer`` that restores, with ``restore(step_dir)``.
+
+    A checkpoint whose restore raises (missing or truncated files, missing or truncated meta) is
+    reported by step, path and reason, and the next older one is tried. Once one restores, each newer
+    one that failed is moved aside (:meth:`Checkpointer.set_aside`, never deleted) so the resumed run
+    cannot meet it again. :class:`CheckpointMismatch` is raised at once. Returns ``(step, result)``,
+    None when there is no checkpoint, and raises :class:`NoRestorableCheckpoint` naming what it tried
+    when none restores (then nothing is moved).
+    """
+    failed: list[tuple[int, Path, str]] = []
+    for step in reversed(checkpointer.all_steps()):
+        step_dir = checkpointer.step_dir(step)
+        try:
+            result = restore(step_dir)
+        except CheckpointMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to restore makes this checkpoint unusable
+            failed.append((step, step_dir, first_line(e)))
+            log.error("checkpoint %d (%s) does not restore: %s", step, step_dir, failed[-1][2])
+            continue
+        for bad_step, bad_dir, _ in failed:
+            aside = checkpointer.set_aside(bad_step)
+            log.warning(
+                "damaged checkpoint %d moved aside (kept, not deleted): %s -> %s; resuming from step %d instead",
+                bad_step,
+                bad_dir,
+                aside,
+                step,
+            )
+        return step, result
+    if failed:
+        raise NoRestorableCheckpoint(
+            f"no checkpoint in {checkpointer.directory} restores: "
+            + "; ".join(f"step {s} ({d}): {why}" for s, d, why in failed)
+            + ". Resume another run's checkpoint with --resume PATH, or start over with --no-resume "
+            "(which deletes them)"
+        )
+    return None
 
 
 # --- a run: (train state, data position, key) ----------------------------------------------------
@@ -373,40 +473,11 @@ def save_run(checkpointer: Checkpointer, position: RunPosition, state: TrainStat
     return saved
 
 
-def select_resume(checkpointer: Checkpointer | None, resume: bool | str | Path) -> tuple[Path, str] | None:
-    """The checkpoint step directory a start continues from, and where it was found; None: step 0.
-
-    ``True``: this run directory's newest complete checkpoint, if any. A path: that run directory's
-    newest complete checkpoint, or that checkpoint step. ``False``: none, deleting this run's checkpoints.
-    """
-    if checkpointer is None:
-        if isinstance(resume, (str, Path)):
-            raise ValueError(f"--resume {resume}: checkpoint.enabled is false in this run's config")
-        return None
-    if resume is False:
-        dropped = checkpointer.delete_after(-1)
-        if dropped:
-            log.warning(
-                "--no-resume: deleted the checkpoints %s in %s; starting at step 0", dropped, checkpointer.directory
-            )
-        return None
-    if isinstance(resume, (str, Path)):
-        step_dir = find_checkpoint(resume)
-        if step_dir is None:
-            raise FileNotFoundError(f"--resume {resume}: not a run directory or a checkpoint step directory")
-        return step_dir, "the checkpoint given by --resume"
-    latest = checkpointer.latest_step()
-    if latest is None:
-        log.info("no checkpoint in %s: starting at step 0", checkpointer.directory)
-        return None
-    return checkpointer.step_dir(latest), "the newest complete checkpoint of this run directory"
-
-
 def check_resumable(step_dir: Path, meta: dict, *, arch: dict, config: dict, model_path: str) -> None:
     """Refuses a checkpoint of another architecture; warns about every config key that changed."""
     differs = dict_changes(meta["model"]["arch"], arch)
     if differs:
-        raise ValueError(
+        raise CheckpointMismatch(
             f"checkpoint {step_dir} holds another architecture than model.path ({model_path}): "
             + ", ".join(f"{k} {saved!r} (checkpoint) != {now!r}" for k, saved, now in differs)
         )
@@ -457,16 +528,51 @@ def resume_run(
     config: dict,
     model_path: str,
 ) -> tuple[TrainState, RunPosition] | None:
-    """Continues a run of ``policy`` (its starting model) from a checkpoint (see :func:`select_resume`)
-    onto the layout of ``like``; None: start at step 0."""
-    selected = select_resume(checkpointer, resume)
-    if selected is None:
+    """Continues a run of ``policy`` (its starting model) from a checkpoint onto the layout of ``like``;
+    None: start at step 0.
+
+    ``True``: this run directory's newest checkpoint that restores, if any (newer damaged ones are
+    reported and moved aside, see :func:`restore_newest_restorable`). A path: that run directory's newest
+    complete checkpoint, or that checkpoint step; it must restore. ``False``: none, deleting this run's
+    checkpoints.
+    """
+    if checkpointer is None:
+        if isinstance(resume, (str, Path)):
+            raise ValueError(f"--resume {resume}: checkpoint.enabled is false in this run's config")
         return None
-    step_dir, source = selected
-    meta = read_meta(step_dir)
+    if resume is False:
+        dropped = checkpointer.delete_after(-1)
+        if dropped:
+            log.warning(
+                "--no-resume: deleted the checkpoints %s in %s; starting at step 0", dropped, checkpointer.directory
+            )
+        return None
     arch = dataclasses.asdict(policy.model.config)
-    check_resumable(step_dir, meta, arch=arch, config=config, model_path=model_path)
-    state, position = restore_train_state(step_dir, like)
+
+    def load(step_dir: Path) -> tuple[dict, TrainState, RunPosition]:
+        meta = read_meta(step_dir)
+        check_resumable(step_dir, meta, arch=arch, config=config, model_path=model_path)
+        return (meta, *restore_train_state(step_dir, like))
+
+    if isinstance(resume, (str, Path)):
+        step_dir = find_checkpoint(resume)
+        if step_dir is None:
+            raise FileNotFoundError(f"--resume {resume}: not a run directory or a checkpoint step directory")
+        source = "the checkpoint given by --resume"
+        try:
+            meta, state, position = load(step_dir)
+        except CheckpointMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever failed, the user named a checkpoint that does not restore
+            raise ValueError(f"--resume {resume}: checkpoint {step_dir} does not restore: {first_line(e)}") from e
+    else:
+        found = restore_newest_restorable(checkpointer, load)
+        if found is None:
+            log.info("no checkpoint in %s: starting at step 0", checkpointer.directory)
+            return None
+        step, (meta, state, position) = found
+        step_dir = checkpointer.step_dir(step)
+        source = "the newest checkpoint of this run directory that restores"
     continue_history(checkpointer, step_dir, position.step)
     log.warning(
         "resuming from step %d (%s): %s, saved on mesh %s", position.step, step_dir, source, meta.get("mesh", "?")

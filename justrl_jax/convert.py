@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from justrl_jax.checkpoint import checkpoint_dir, complete_steps, is_complete
+from justrl_jax.output_file import atomic_dir, check_output
 
 
 def checkpoint_to_convert(run_dir: str | Path, step: int | None = None) -> Path:
@@ -35,21 +36,36 @@ def checkpoint_to_convert(run_dir: str | Path, step: int | None = None) -> Path:
     return step_dir
 
 
-def convert(run_dir: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "bfloat16") -> Path:
-    """Exports one checkpoint of ``run_dir`` (default: the newest complete) as an HF directory ``out``."""
+def convert(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    step: int | None = None,
+    dtype: str = "bfloat16",
+    overwrite: bool = False,
+) -> Path:
+    """Exports one checkpoint of ``run_dir`` (default: the newest complete) as an HF directory ``out``.
+
+    ``out`` must not overlap the checkpoint or the tokenizer it reads, nor exist (unless ``overwrite``:
+    then it is replaced as a whole, so no stale shard or index of an older export survives). The export
+    is written next to it and renamed into place at the end: a failure leaves ``out`` as it was.
+    """
     from justrl_jax.model.hf_io import export_hf_model
-    from justrl_jax.model.source import load_policy
+    from justrl_jax.model.source import load_policy, tokenizer_dir_of
 
     if dtype not in ("bfloat16", "float32"):
         raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {dtype!r}")
     step_dir = checkpoint_to_convert(run_dir, step)
+    check_output(out, [step_dir, tokenizer_dir_of(step_dir)], overwrite=overwrite, flag="--out", directory=True)
     policy = load_policy(step_dir)
     gen_path = policy.tokenizer_dir / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
     # The EOS ids the run sampled with are the ones that end a response.
     eos = list(policy.eos_ids)
     gen["eos_token_id"] = eos if len(eos) > 1 else eos[0]
-    return export_hf_model(policy.model, out, dtype=dtype, source_dir=policy.tokenizer_dir, generation_config=gen)
+    with atomic_dir(out) as tmp:
+        export_hf_model(policy.model, tmp, dtype=dtype, source_dir=policy.tokenizer_dir, generation_config=gen)
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     parser.add_argument("--out", required=True, help="output HF directory")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory as a whole")
     args = parser.parse_args(argv)
     try:
         step_dir = checkpoint_to_convert(args.run_dir, args.step)
-        out = convert(step_dir, args.out, dtype=args.dtype)
+        out = convert(step_dir, args.out, dtype=args.dtype, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,8 @@ import logging
 import sys
 from pathlib import Path
 
+from justrl_jax.output_file import check_output
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -134,15 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         cfg = _config(args)
-        from justrl_jax.evaluation.benchmarks import find_benchmark_file
+        from justrl_jax.evaluation.runner import load_benchmarks
+        from justrl_jax.model.source import check_model
 
-        for spec in cfg.specs():  # a missing file is reported before the model is loaded or compiled
-            find_benchmark_file(args.data_dir, spec)
+        # Every benchmark file is found and read, and the model described, before it loads or compiles.
+        load_benchmarks(args.data_dir, cfg.specs(), max_problems=args.max_problems)
         if args.max_samples is not None and args.max_samples < 1:
             raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
         if args.judge is not None and args.verifier != "justrl":
             raise ValueError(f"--judge is the second stage of --grader justrl, not of --grader {args.verifier}")
-    except (ValueError, FileNotFoundError) as e:
+        out = Path(args.out) if args.out else _default_out(args.model)
+        # The out folder is a resumable store (existing samples are kept and reused), never an input.
+        check_output(out, [args.data_dir, args.model], overwrite=True, flag="--out", directory=True)
+        check_model(args.model)
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -156,9 +163,12 @@ def main(argv: list[str] | None = None) -> int:
 
     mesh = make_mesh(MeshConfig.parse(args.mesh) if args.mesh else MeshConfig())
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    policy = load_policy(args.model, mesh, param_dtype=dtype, compute_dtype=dtype)
+    try:
+        policy = load_policy(args.model, mesh, param_dtype=dtype, compute_dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
-    out = Path(args.out) if args.out else _default_out(args.model)
     try:
         outcome = evaluate(
             policy.model,

@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from justrl_jax.output_file import atomic_file, check_output
+
 
 def read_prompt_lines(path: Path) -> list[tuple[int, dict]]:
     """Parses the prompt file into (line number, object) pairs; a bad line is an error naming its number."""
@@ -48,11 +50,20 @@ def read_prompt_lines(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _prompt_ids(row: dict, tokenizer, raw: bool, chat_text) -> list[int]:
+    """The token ids of one prompt line: ``prompt_ids`` as given, else the (templated) text encoded."""
+    if "prompt_ids" in row:
+        return list(row["prompt_ids"])
+    text = row["prompt"] if raw or not tokenizer.chat_template else chat_text(tokenizer, row["prompt"])
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m justrl_jax.generate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="HF directory, hub id, run directory or checkpoint step")
     p.add_argument("--prompts", required=True, type=Path)
     p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -90,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rows = read_prompt_lines(args.prompts)
+        check_output(args.output, [args.prompts], overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -101,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from justrl_jax.data import chat_text, collate
     from justrl_jax.global_arrays import to_host
-    from justrl_jax.model.source import load_policy
+    from justrl_jax.model.source import describe_model, load_policy
     from justrl_jax.prompts import PromptExample
     from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
     from justrl_jax.sampling import strategy_for
     from justrl_jax.sharding import make_mesh
 
-    try:  # settings are checked before the model is loaded
+    try:  # settings, the model's description and every prompt are checked before the weights load
         strategy = strategy_for(args.temperature, args.top_p, args.top_k, greedy=args.greedy)
         config = SamplerConfig(
             max_new_tokens=args.max_new_tokens,
@@ -116,35 +128,32 @@ def main(argv: list[str] | None = None) -> int:
             kv_cache_budget_bytes=int(args.kv_cache_budget_gb * 2**30) or None,
             decode_chunk=args.decode_chunk,
         )
-    except ValueError as e:
+        arch, tokenizer_dir = describe_model(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        token_ids = [_prompt_ids(row, tokenizer, args.raw, chat_text) for _, row in rows]
+        vocab = arch.vocab_size
+        for (number, _), ids in zip(rows, token_ids, strict=True):
+            if not ids or max(ids) >= vocab:
+                raise ValueError(
+                    f"{args.prompts}: line {number}: the prompt is empty or holds a token id outside the "
+                    f"model's vocabulary (size {vocab}); fix that line"
+                )
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mesh = make_mesh(args.mesh) if args.mesh else None
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    policy = load_policy(args.model, mesh, compute_dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
+    try:
+        policy = load_policy(args.model, mesh, compute_dtype=dtype)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else policy.eos_ids[0]
-    token_ids = []
-    vocab = policy.model.config.vocab_size
-    for number, row in rows:
-        if "prompt_ids" in row:
-            ids = list(row["prompt_ids"])
-        else:
-            text = row["prompt"] if args.raw or not tokenizer.chat_template else chat_text(tokenizer, row["prompt"])
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids or max(ids) >= vocab:
-            print(
-                f"error: {args.prompts}: line {number}: the prompt is empty or holds a token id outside the "
-                f"model's vocabulary (size {vocab})",
-                file=sys.stderr,
-            )
-            return 2
-        token_ids.append(ids)
     rows = [row for _, row in rows]
     sampler = Sampler(policy.model, config, mesh=mesh, eos_ids=policy.eos_ids, pad_id=int(pad_id))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
-    with args.output.open("w", encoding="utf-8") as out:
+    # Written under a temporary name: a failure leaves an existing --output as it was.
+    with atomic_file(args.output) as out:
         for start in range(0, len(rows), args.batch_size):
             chunk = list(range(start, min(start + args.batch_size, len(rows))))
             examples = [PromptExample(problem=str(i), gold="") for i in chunk]

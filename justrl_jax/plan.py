@@ -1,7 +1,8 @@
 """``python -m justrl_jax.plan --config FILE --mesh 4x4 --device tpu-v5p``: memory per device, no hardware.
 
 Prints parameters, gradients, AdamW moments, KV cache and activations per device for the configured
-model, mesh, batch and lengths, and exits 1 (naming what to change) when it cannot fit.
+model, mesh, batch and lengths, and exits 1 (naming what to change) when it cannot fit; a bad
+config, mesh or model path is a one-line error with exit status 2.
 """
 
 from __future__ import annotations
@@ -47,13 +48,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from justrl_jax.run_config import load_run_config
 
-    cfg = load_run_config(args.config, args.overrides)
-    mesh = MeshConfig.parse(args.mesh)
-    devices = mesh.fsdp * mesh.tensor if mesh.fsdp > 0 else None
-    if devices is None:
-        print("error: --mesh must give every axis size for planning (e.g. 4x4)", file=sys.stderr)
+    try:  # a bad config, mesh or model is the user's to fix: one line, exit 2 (1 means "does not fit")
+        cfg = load_run_config(args.config, args.overrides)
+        mesh = MeshConfig.parse(args.mesh)
+        if mesh.fsdp <= 0:
+            raise ValueError("--mesh must give every axis size for planning (e.g. 4x4)")
+        devices = mesh.fsdp * mesh.tensor
+        arch = architecture_of(cfg.model.path)
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    arch = architecture_of(cfg.model.path)
     r = cfg.rollout
     inputs = cfg.plan_inputs(mesh.fsdp)
     micro = inputs.micro_batch_sequences

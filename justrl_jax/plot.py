@@ -7,9 +7,11 @@ mean response length (with the maximum as a faint line).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from justrl_jax.metrics import read_metrics
+from justrl_jax.output_file import atomic_file, check_output
 
 PANELS = (
     ("actor/entropy", None, "entropy"),
@@ -18,16 +20,22 @@ PANELS = (
 )
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def plot_run(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
+    """Draws the figure of ``run_dir`` into ``out`` (default ``RUN_DIR/training_dynamics.png``); an
+    existing ``out`` is replaced only when ``overwrite``, and only once the new figure is complete."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"{Path(run_dir) / 'metrics.jsonl'} holds no steps yet; plot once the run has logged one")
+    out = Path(out) if out else Path(run_dir) / "training_dynamics.png"
+    check_output(out, [Path(run_dir) / "metrics.jsonl"], overwrite=overwrite, flag="--out")
+
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    records = read_metrics(run_dir)
-    if not records:
-        raise ValueError(f"{run_dir}/metrics.jsonl holds no steps yet")
-    out = Path(out) if out else Path(run_dir) / "training_dynamics.png"
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
     for ax, (key, extra, title) in zip(axes, PANELS, strict=True):
         for k, style in ((key, "-"), (extra, ":")):
@@ -40,18 +48,25 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(str(Path(run_dir).name))
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m justrl_jax.plot", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--out", default=None, help="PNG path (default RUN_DIR/training_dynamics.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    print(plot_run(args.run_dir, args.out))
+    try:
+        print(plot_run(args.run_dir, args.out, overwrite=args.overwrite))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,7 @@
-"""SIGTERM (preemption) as a request to stop after the current step, agreed on by every host.
+"""SIGTERM (preemption) or a first Ctrl-C as a request to stop after the current step, agreed on by every host.
+
+A second Ctrl-C exits at once (status 130): the user will not wait for the save. The checkpoint being
+written (if any) stays an Orbax temporary that the next start removes; the previous one is intact.
 
 Example::
 
@@ -12,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -22,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """Set by SIGTERM while installed (a context manager; only the main thread can install handlers)."""
+    """Set by SIGTERM or a first SIGINT while installed (a context manager; only the main thread installs)."""
 
     def __init__(self):
         self.requested = False
@@ -30,14 +34,21 @@ class StopRequest:
         self._previous: dict = {}
 
     def _handler(self, signum, _frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            log.warning("second SIGINT: exiting now without saving (the newest complete checkpoint is kept)")
+            logging.shutdown()
+            os._exit(130)
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        log.warning("%s received: saving a checkpoint after this step, then exiting", self.signal_name)
+        log.warning(
+            "%s received: saving a checkpoint after this step, then exiting (Ctrl-C again: exit now)", self.signal_name
+        )
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
-            signal.signal(signal.SIGTERM, self._handler)
+            self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+            for sig in self._previous:
+                signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:

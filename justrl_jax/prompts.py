@@ -247,9 +247,13 @@ def _read_rows(path: Path, fmt: FileFormat) -> Iterator[tuple[int, Any]]:
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(path)
+    try:
+        file = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path} is not a readable parquet file ({e}); check the file or its extension") from e
     columns = [c for c in _ROW_COLUMNS if c in file.schema_arrow.names]
     row = 0
     # Record batches keep the Python objects of a ~1.8M-row file from all existing at once.

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from justrl_jax.advantages import group_advantages
-from justrl_jax.checkpoint import Checkpointer, RunPosition, resume_run, save_run
+from justrl_jax.checkpoint import Checkpointer, RunPosition, reset_hf_assets, resume_run, save_run
 from justrl_jax.config_io import dump_yaml, to_dict
 from justrl_jax.data import PromptStream
 from justrl_jax.demo import prepare_for_run
@@ -136,6 +136,9 @@ class RLRunner:
             self.state, position = resumed
             self.stream.set_state(position.data)
             self.key, self.start_step = position.key, position.step
+        elif self.checkpointer is not None and self.primary and reset_hf_assets(self.run_dir):
+            # Step 0: nothing refers to the run-local copy of an older starting model any more.
+            log.warning("starting at step 0: removed the run's old hf_assets/ (copied afresh at the first save)")
         self.metrics = MetricsWriter(self.run_dir, enabled=self.primary, resume_step=self.start_step)
         if self.primary:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -219,8 +222,9 @@ class RLRunner:
     def run(self) -> dict:
         """Runs steps ``start_step .. total_steps - 1`` and returns the last step's metrics.
 
-        SIGTERM (preemption): the current step finishes, validation is skipped, a checkpoint is saved
-        and ``run`` returns normally, so the process exits 0 within one step plus one save.
+        SIGTERM (preemption) or a first SIGINT (Ctrl-C): the current step finishes, validation is
+        skipped, a checkpoint is saved and ``run`` returns normally, so the process exits 0 within one
+        step plus one save. A second SIGINT exits at once (status 130) without saving.
         Raises :class:`NonFiniteError` after ``loop.max_nonfinite_steps`` consecutive steps whose
         updates were all skipped for non-finite gradients, and at once when the state due to be saved
         holds a NaN or Inf; the newest checkpoint on disk is then the last good state.

@@ -43,7 +43,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="resume from this run directory or checkpoint step instead of --run-dir's newest",
     )
-    resume.add_argument("--no-resume", action="store_true", help="start from step 0 even if checkpoints exist")
+    resume.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start from step 0 even if checkpoints exist (deletes them and the run's hf_assets/)",
+    )
+    p.add_argument(
+        "--adopt-run-dir",
+        action="store_true",
+        help="run in a non-empty directory that is not a justrl_jax run directory (files named like the run's "
+        "own, such as config.yaml or metrics.jsonl, are then replaced)",
+    )
     p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process without TPU env)")
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
@@ -74,33 +84,69 @@ def _maybe_init_distributed(args, timeout_s: int) -> None:
         jax.distributed.initialize(initialization_timeout=timeout_s)
 
 
+# A user's mistake (a bad value, path or file) is one line and exit 2; anything else is a bug: a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def check_inputs(cfg) -> None:
+    """Reads the data file (every row) and what describes the model (config, safetensors headers)
+    before the expensive load, so a bad file is named at once. The demo makes its own."""
+    if cfg.demo.enabled:
+        return
+    from justrl_jax.model.source import check_model
+    from justrl_jax.prompts import read_examples
+
+    read_examples(
+        cfg.data.path,
+        file_format=cfg.data.file_format,
+        strip_dapo=cfg.data.strip_dapo_instructions,
+        skip_malformed=cfg.data.skip_malformed,
+    )
+    check_model(cfg.model.path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    from justrl_jax.config_io import ConfigError
     from justrl_jax.run_config import default_config_path, load_run_config
 
     try:
         cfg = load_run_config(args.config, args.overrides)
-    except (ConfigError, ValueError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     _maybe_init_distributed(args, cfg.loop.distributed_timeout_s)
 
     from pathlib import Path
 
-    from justrl_jax.rl_loop import RLRunner
+    import jax
+
+    from justrl_jax.run_dir import RunDirLock
 
     name = Path(args.config or default_config_path()).stem
     run_dir = args.run_dir or str(Path("runs") / name)
     resume: bool | str = args.resume if args.resume else not args.no_resume
+    # Process 0 owns the run directory for the whole run (the others write only what Orbax shares).
+    lock = RunDirLock(run_dir, adopt=args.adopt_run_dir)
     try:
+        if jax.process_index() == 0:
+            lock.acquire()
+        check_inputs(cfg)
+        from justrl_jax.rl_loop import RLRunner
+
         runner = RLRunner(cfg, run_dir, mesh_spec=args.mesh, resume=resume)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
+        lock.discard_failed_start()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    final = runner.run()
+    except BaseException:
+        lock.discard_failed_start()
+        raise
+    try:
+        final = runner.run()
+    finally:
+        lock.release()
     if final and runner.primary:
         from justrl_jax.metrics import read_metrics
 

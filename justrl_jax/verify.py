@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from justrl_jax.output_file import atomic_file, check_output
 from justrl_jax.verifier import VerdictStatus, Verifier, VerifierConfig, VerifierMode
 
 _CHUNK = 4096  # lines scored per submit: bounded memory on big files, batches still large
@@ -31,6 +32,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=[m.value for m in VerifierMode], default=VerifierMode.STRICT.value)
     parser.add_argument("--input", required=True, type=Path, help="JSONL with response and gold fields")
     parser.add_argument("--output", required=True, type=Path, help="JSONL written with the verdicts")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--workers", type=int, default=VerifierConfig.workers, help="robust-mode processes")
     parser.add_argument(
         "--timeout",
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             sample_timeout_s=args.timeout,
             batch_timeout_s=args.batch_timeout,
         )
+        check_output(args.output, [args.input], overwrite=args.overwrite)
     except ValueError as e:
         print(f"verify: {e}", file=sys.stderr)
         return 2
@@ -112,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     counts: collections.Counter = collections.Counter()
     correct = scored = 0
     start = time.perf_counter()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with Verifier(config) as verifier, args.output.open("w", encoding="utf-8") as out:
+    # Written under a temporary name: a failure leaves an existing --output as it was.
+    with Verifier(config) as verifier, atomic_file(args.output) as out:
         chunk: list[dict] = []
         for _, record in _read(args.input, errors):
             chunk.append(record)

@@ -13,10 +13,14 @@ from flax import nnx
 from justrl_jax.checkpoint import (
     CheckpointConfig,
     Checkpointer,
+    CheckpointMismatch,
+    NoRestorableCheckpoint,
     abstract_like,
     complete_steps,
     dict_changes,
     find_checkpoint,
+    read_meta,
+    restore_newest_restorable,
     restore_step_dir,
 )
 from justrl_jax.model.construct import create_model
@@ -153,3 +157,70 @@ def test_dict_changes_names_the_changed_keys():
     saved = {"train": {"optim": {"lr": 1e-3, "betas": [0.9, 0.999]}}, "loop": {"seed": 0}}
     now = {"train": {"optim": {"lr": 1e-4, "betas": (0.9, 0.999)}}, "loop": {"seed": 0, "new": 1}}
     assert dict_changes(saved, now) == [("loop.new", None, 1), ("train.optim.lr", 1e-3, 1e-4)]
+
+
+def _largest_file(directory):
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_resume_falls_back_past_damaged_checkpoints_and_keeps_them(tmp_path, caplog):
+    """Newest first: a truncated params file (step 4), a truncated meta (step 3) and a missing meta
+    (step 2) are each reported by step and path and moved aside, never deleted; step 1 is used."""
+    with Checkpointer(tmp_path, CheckpointConfig(async_save=False, keep=5)) as ckpt:
+        for step in range(1, 5):
+            assert _save(ckpt, step, [float(step)] * 3)
+    steps = tmp_path / "checkpoints"
+    big = _largest_file(steps / "4" / "params")
+    big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    meta3 = steps / "3" / "meta" / "metadata"
+    truncated = meta3.read_text()[:5]
+    meta3.write_text(truncated)
+    (steps / "2" / "meta" / "metadata").unlink()
+    target = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+    other = {"opt_state": {"mu": jax.ShapeDtypeStruct((3,), jnp.float32)}, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+
+    def restore(step_dir):
+        return restore_step_dir(step_dir, target, other)
+
+    with Checkpointer(tmp_path, SYNC) as ckpt, caplog.at_level(logging.WARNING):
+        step, restored = restore_newest_restorable(ckpt, restore)
+        assert step == 1 and np.asarray(restored.params["w"]).tolist() == [1.0] * 3
+        assert ckpt.all_steps() == [1]
+    for bad in (4, 3, 2):
+        assert f"checkpoint {bad} ({steps / str(bad)}) does not restore" in caplog.text
+        assert f"{steps / str(bad)} -> {tmp_path / 'checkpoints_damaged' / str(bad)}" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "checkpoints_damaged").iterdir()) == ["2", "3", "4"]
+    assert (tmp_path / "checkpoints_damaged" / "3" / "meta" / "metadata").read_text() == truncated  # as it was
+    assert complete_steps(tmp_path) == [1]
+
+
+def test_when_no_checkpoint_restores_the_run_stops_naming_each_and_moves_none(tmp_path):
+    with Checkpointer(tmp_path, SYNC) as ckpt:
+        for step in (1, 2):
+            assert _save(ckpt, step, [1.0, 2.0, 3.0])
+    for step in (1, 2):
+        (tmp_path / "checkpoints" / str(step) / "meta" / "metadata").write_text("{trunc")
+
+    with Checkpointer(tmp_path, SYNC) as ckpt:
+        with pytest.raises(NoRestorableCheckpoint) as info:
+            restore_newest_restorable(ckpt, read_meta)
+        assert ckpt.all_steps() == [1, 2]
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    for step in (2, 1):
+        assert f"step {step} ({tmp_path / 'checkpoints' / str(step)}): JSONDecodeError" in message
+    assert not (tmp_path / "checkpoints_damaged").exists()
+    assert restore_newest_restorable(Checkpointer(tmp_path / "empty", SYNC), read_meta) is None
+
+
+def test_a_checkpoint_of_another_model_stops_the_run_without_falling_back(tmp_path):
+    with Checkpointer(tmp_path, SYNC) as ckpt:
+        for step in (1, 2):
+            assert _save(ckpt, step, [1.0, 2.0, 3.0])
+
+    def mismatch(step_dir):
+        raise CheckpointMismatch(f"{step_dir} holds another architecture")
+
+    with Checkpointer(tmp_path, SYNC) as ckpt, pytest.raises(CheckpointMismatch, match="2 holds another"):
+        restore_newest_restorable(ckpt, mismatch)
+    assert complete_steps(tmp_path) == [1, 2]

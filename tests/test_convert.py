@@ -164,3 +164,49 @@ def test_a_run_is_a_model_wherever_a_model_is_named(tmp_path, run_dir):
             eos_token_id=list(newest.eos_ids),
         )[0, len(ids) :].tolist()
     assert row["samples"][0]["completion_ids"] == expected_ids
+
+
+def test_convert_never_clobbers_an_existing_directory(tmp_path, run_dir, capsys):
+    """An existing --out is refused with its files untouched; --overwrite leaves exactly the new export
+    (an older sharded export's index and shards are gone, so no loader reads stale weights)."""
+    fresh = tmp_path / "fresh"
+    assert convert_cli.main([str(run_dir), "--out", str(fresh), "--dtype", "float32"]) == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    user_files = {
+        "notes.txt": "the user's notes",
+        "model-00001-of-00002.safetensors": "an older sharded export",
+        "model.safetensors.index.json": "{}",
+    }
+    for name, text in user_files.items():
+        (out / name).write_text(text)
+    capsys.readouterr()
+    assert convert_cli.main([str(run_dir), "--out", str(out), "--dtype", "float32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already exists; pass --overwrite" in err, err
+    assert {p.name: p.read_text() for p in out.iterdir()} == user_files
+    # The run's own checkpoint or tokenizer is never an output, even with --overwrite.
+    for inside in (run_dir / "checkpoints" / "2", run_dir / "hf_assets", run_dir.parent):
+        assert convert_cli.main([str(run_dir), "--out", str(inside), "--overwrite"]) == 2
+        assert "overlaps) the input" in capsys.readouterr().err
+    assert complete_steps(run_dir) == [1, 2]
+
+    assert convert_cli.main([str(run_dir), "--out", str(out), "--dtype", "float32", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in fresh.iterdir())
+    for path in fresh.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "out"]  # no temporary left behind
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, run_dir, capsys):
+    damaged = tmp_path / "run"
+    shutil.copytree(run_dir / "checkpoints" / "2", damaged / "checkpoints" / "2")
+    shutil.copytree(run_dir / "hf_assets", damaged / "hf_assets")
+    params = damaged / "checkpoints" / "2" / "params"
+    largest = max((p for p in params.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:100])
+    capsys.readouterr()
+    assert convert_cli.main([str(damaged), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"checkpoint {damaged / 'checkpoints' / '2'} does not restore" in err, err
+    assert not (tmp_path / "hf").exists()

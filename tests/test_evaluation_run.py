@@ -225,3 +225,17 @@ def test_validator_metrics_are_repeatable(setup):
     assert first["val/mean"] == pytest.approx((first["val/aime24/avg@4"] + first["val/hmmt25/avg@4"]) / 2)
     assert first["val/aime24/length_mean"] == 4.0
     assert validator(params) == first  # fixed seeds: the same parameters score the same
+
+
+def test_out_folder_is_never_an_input(setup, capsys):
+    model, data, _ = setup
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    for out in (data, data / "aime24", model):
+        assert evaluate_main(_args(model, data, out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "overlaps) the input" in err, err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    (model.parent / "run_without_checkpoint" / "checkpoints").mkdir(parents=True)
+    assert evaluate_main(_args(model.parent / "run_without_checkpoint", data, model.parent / "o")) == 2
+    assert "has no complete checkpoint yet" in capsys.readouterr().err
+    assert not (model.parent / "o").exists()

@@ -81,3 +81,34 @@ def test_bad_settings_and_out_of_vocabulary_ids_are_errors(tmp_path, capsys):
     assert main([*common, "--kv-cache-budget-gb", "-1"]) == 2
     assert main(common) == 2
     assert "line 3" in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
+
+
+def test_inputs_and_output_are_checked_before_the_model_loads(tmp_path, capsys):
+    """A bad id on line 3 is named before any weight is read (this model has none: reading them would
+    fail otherwise), and an existing --output is left untouched; in = out is refused."""
+    from justrl_jax.generate import main
+
+    path, _ = make_hf_qwen2(tmp_path / "hf", vocab=448, hidden=64, heads=4, kv_heads=2)
+    save_tiny_tokenizer(ChatStyle.CHATML, path)
+    (path / "model.safetensors").unlink()
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "o.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n{"prompt_ids": [1, 2]}\n{"prompt_ids": [1, 2, 448]}\n')
+    out.write_text("earlier results\n")
+    capsys.readouterr()  # the progress bars of building the model
+    for extra in ([], ["--overwrite"]):
+        assert main(["--model", str(path), "--prompts", str(prompts), "--output", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        if extra:
+            assert f"{prompts}: line 3: " in err and "vocabulary (size 448)" in err, err
+        else:
+            assert "already exists; pass --overwrite" in err, err
+        assert out.read_text() == "earlier results\n"
+    assert main(["--model", str(path), "--prompts", str(prompts), "--output", str(prompts), "--overwrite"]) == 2
+    assert "overlaps) the input" in capsys.readouterr().err
+    # A run directory without a checkpoint is a one-line error too.
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    prompts.write_text('{"prompt_ids": [1, 2]}\n')
+    assert main(["--model", str(tmp_path / "run"), "--prompts", str(prompts), "--output", str(tmp_path / "x")]) == 2
+    assert "has no complete checkpoint yet" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "o.jsonl", "p.jsonl", "run"]

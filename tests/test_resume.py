@@ -152,7 +152,7 @@ def _killed_during_a_save(run_dir, env) -> Outcome:
     return out
 
 
-def _preempted(run_dir, env) -> Outcome:
+def _preempted(run_dir, env, sig=signal.SIGTERM) -> Outcome:
     cmd = _train_cmd(run_dir, "loop.total_steps=1000", "checkpoint.every_steps=1000")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
@@ -162,10 +162,34 @@ def _preempted(run_dir, env) -> Outcome:
             proc.kill()
             return Outcome(run_dir, proc.wait(), "the run ended or hung before its first step")
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     sent = time.time()
     _, err = proc.communicate(timeout=TIMEOUT_S)
     return Outcome(run_dir, proc.returncode, err, stop_s=time.time() - sent)
+
+
+def _interrupted(run_dir, env) -> Outcome:
+    """Ctrl-C: the terminal sends SIGINT to the process."""
+    return _preempted(run_dir, env, signal.SIGINT)
+
+
+def _damaged(run_dir, env, reference) -> Outcome:
+    """The reference run as it was after step 4, with checkpoint 4's largest params file cut in half,
+    then the same command: it must resume from step 3 and redo steps 3..5 exactly."""
+    shutil.copytree(reference, run_dir)
+    for step in range(5, STEPS + 1):
+        shutil.rmtree(run_dir / "checkpoints" / str(step))
+    params = run_dir / "checkpoints" / "4" / "params"
+    largest = max((p for p in params.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    done = subprocess.run(
+        _train_cmd(run_dir, "checkpoint.every_steps=1", f"checkpoint.keep={STEPS}"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    return Outcome(run_dir, done.returncode, done.stderr)
 
 
 def _diverging(run_dir, env) -> Outcome:
@@ -194,7 +218,13 @@ def runs(tmp_path_factory) -> dict[str, Outcome]:
     ref = _reference(root / "reference", env)  # first and alone: it fills the compilation cache
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert complete_steps(ref.run_dir) == list(range(1, STEPS + 1))
-    scenarios = {"killed": _killed_during_a_save, "preempted": _preempted, "diverging": _diverging}
+    scenarios = {
+        "killed": _killed_during_a_save,
+        "preempted": _preempted,
+        "interrupted": _interrupted,
+        "diverging": _diverging,
+        "damaged": lambda run_dir, env: _damaged(run_dir, env, ref.run_dir),
+    }
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = {name: pool.submit(fn, root / name, env) for name, fn in scenarios.items()}
         return {"reference": ref, **{name: f.result() for name, f in futures.items()}}
@@ -234,6 +264,54 @@ def test_sigterm_saves_the_exact_state_and_exits_zero(runs, reference):
     assert len(saved) == 1 and saved[0] == n_metrics, (saved, n_metrics)
     assert saved[0] <= STEPS, "the steps ran faster than the signal arrived; nothing to compare with"
     _assert_same_checkpoint(reference, preempted.run_dir, saved[0])
+
+
+def test_ctrl_c_saves_the_exact_state_and_exits_zero(runs, reference):
+    interrupted = runs["interrupted"]
+    assert interrupted.returncode == 0, interrupted.stderr[-3000:]
+    assert "SIGINT received: saving a checkpoint after this step" in interrupted.stderr
+    assert "Traceback" not in interrupted.stderr and "KeyboardInterrupt" not in interrupted.stderr
+    saved = complete_steps(interrupted.run_dir)
+    n_metrics = len(read_jsonl(interrupted.run_dir / "metrics.jsonl"))
+    assert len(saved) == 1 and saved[0] == n_metrics, (saved, n_metrics)
+    assert saved[0] <= STEPS, "the steps ran faster than the signal arrived; nothing to compare with"
+    _assert_same_checkpoint(reference, interrupted.run_dir, saved[0])
+
+
+def test_a_second_ctrl_c_exits_at_once_without_saving(tmp_path):
+    """The loop's own handlers in a bare process: the first SIGINT only asks to stop, the second ends
+    the process then and there (status 130), whatever it was doing."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from justrl_jax.preemption import StopRequest\n"
+        "stop = StopRequest().__enter__()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "print('first', stop.requested, stop.signal_name, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "print('still running', flush=True)\n"
+        "sys.exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stdout == "first True SIGINT\n"
+    assert "second SIGINT: exiting now without saving" in done.stderr
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_resume_is_bitwise(runs, reference):
+    damaged = runs["damaged"]
+    run_dir = damaged.run_dir
+    assert damaged.returncode == 0, damaged.stderr[-3000:]
+    ckpts, aside = run_dir / "checkpoints", run_dir / "checkpoints_damaged"
+    assert f"checkpoint 4 ({ckpts / '4'}) does not restore" in damaged.stderr
+    assert f"damaged checkpoint 4 moved aside (kept, not deleted): {ckpts / '4'} -> {aside / '4'}" in damaged.stderr
+    assert f"resuming from step 3 ({ckpts / '3'})" in damaged.stderr
+    assert [p.name for p in aside.iterdir()] == ["4"] and (aside / "4" / "params").is_dir()
+    assert complete_steps(run_dir) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        _assert_same_checkpoint(reference, run_dir, step)
+    ours, ref = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(reference / "metrics.jsonl")
+    assert [r["step"] for r in ours] == list(range(STEPS))
+    assert _comparable(ours) == _comparable(ref)
 
 
 def test_a_diverging_run_stops_and_keeps_a_finite_checkpoint(runs):
@@ -280,4 +358,5 @@ def test_no_resume_starts_the_run_directory_over(tmp_path, reference):
     assert runner.start_step == 0
     assert complete_steps(run_dir) == []  # else a later save of step 1 would meet the old run's step 1
     assert read_jsonl(run_dir / "metrics.jsonl") == []
+    assert not (run_dir / "hf_assets").exists()  # copied afresh from this run's model at its first save
     runner.close()

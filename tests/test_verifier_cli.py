@@ -58,3 +58,25 @@ def test_robust_cli_uses_the_pool(tmp_path, capsys):
 def test_cli_reports_a_missing_input(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_output_that_is_its_input(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    _write(src, [json.dumps({"response": "so \\boxed{34}", "gold": "34"})])
+    before = src.read_bytes()
+    assert main(["--input", str(src), "--output", str(src)]) == 2
+    assert src.read_bytes() == before
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--output {src} is (or overlaps) the input {src}" in err
+
+
+def test_cli_replaces_an_existing_output_only_with_overwrite(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(src, [json.dumps({"response": "so \\boxed{34}", "gold": "34"})])
+    dst.write_text("the user's own results\n")
+    assert main(["--input", str(src), "--output", str(dst)]) == 2
+    assert dst.read_text() == "the user's own results\n"
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["--input", str(src), "--output", str(dst), "--overwrite"]) == 0
+    assert [json.loads(line)["correct"] for line in dst.read_text().splitlines()] == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary left

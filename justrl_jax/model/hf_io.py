@@ -202,7 +202,13 @@ def read_hf_config(model_dir: str | os.PathLike) -> Qwen2Config:
     path = Path(model_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: not a Hugging Face model directory")
-    return config_from_hf(json.loads(path.read_text()), str(path))
+    try:
+        hf = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore the model's config.json") from e
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} must hold a JSON object; restore the model's config.json")
+    return config_from_hf(hf, str(path))
 
 
 def read_hf_tensors(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -31,19 +31,46 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Name -> read-only memory-mapped array for every tensor in ``path``."""
+    """Name -> read-only memory-mapped array for every tensor in ``path``.
+
+    A truncated or corrupt file is a ``ValueError`` naming it, found from the header and the file
+    size alone (before any tensor is read).
+    """
+    size = os.path.getsize(path)
+    damaged = f"{path} is truncated or not a safetensors file"
     with open(path, "rb") as f:
+        if size < 8:
+            raise ValueError(f"{damaged} ({size} bytes); re-download or re-export it")
         (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+        if header_len > size - 8:
+            raise ValueError(f"{damaged} (its header claims {header_len} bytes of {size}); re-download or re-export it")
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{damaged} (unreadable header: {e}); re-download or re-export it") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{damaged} (its header is not a JSON object); re-download or re-export it")
+    data_size = size - 8 - header_len
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len) if data_size else np.zeros(0, np.uint8)
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in _DTYPES:
+        try:
+            dtype, shape, (start, end) = (
+                _DTYPES.get(info["dtype"]),
+                [int(d) for d in info["shape"]],
+                info["data_offsets"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{damaged} (bad header entry for {name!r}); re-download or re-export it") from e
+        if dtype is None:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        out[name] = data[start:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+        if not 0 <= start <= end <= data_size or end - start != dtype.itemsize * int(np.prod(shape)):
+            raise ValueError(
+                f"{damaged}: tensor {name!r} needs bytes {start}..{end} of {data_size}; re-download or re-export it"
+            )
+        out[name] = data[start:end].view(dtype).reshape(shape)
     return out
 
 

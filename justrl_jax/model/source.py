@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from justrl_jax.checkpoint import find_checkpoint, hf_assets_dir, read_meta, restore_params
 from justrl_jax.model.construct import abstract_model, state_shardings
-from justrl_jax.model.hf_io import load_hf_model, resolve_model_dir
+from justrl_jax.model.hf_io import load_hf_model, read_hf_config, read_hf_tensors, resolve_model_dir
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 
 
@@ -74,6 +74,28 @@ def eos_ids_of(model_dir: Path) -> tuple[int, ...]:
     if not ids:
         raise ValueError(f"{model_dir}: no eos_token_id in generation_config.json or the tokenizer")
     return tuple(ids)
+
+
+def describe_model(name: str | Path) -> tuple[Qwen2Config, Path]:
+    """The architecture and tokenizer directory of ``name`` without reading any weights (to check
+    inputs against the vocabulary before the expensive load)."""
+    step_dir = find_checkpoint(name)
+    if step_dir is None:
+        model_dir = resolve_model_dir(str(name))
+        return read_hf_config(model_dir), model_dir
+    info = read_meta(step_dir).get("model")
+    if not info:
+        raise ValueError(f"{step_dir}: checkpoint meta has no 'model' entry")
+    return Qwen2Config(**info["arch"]), tokenizer_dir_of(step_dir)
+
+
+def check_model(name: str | Path) -> None:
+    """Reads what describes ``name`` (its config or checkpoint meta, its tokenizer's place, and the
+    safetensors headers against the file sizes) without reading a weight: a damaged model is a
+    one-line error before the expensive load."""
+    describe_model(name)
+    if find_checkpoint(name) is None:
+        read_hf_tensors(resolve_model_dir(str(name)))  # memory-mapped: only headers and sizes are read
 
 
 def load_policy(
