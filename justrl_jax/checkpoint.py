@@ -493,7 +493,7 @@ def restore_train_state(step_dir: Path, like: TrainState) -> tuple[TrainState, R
     """The train state of ``step_dir`` on the shardings of ``like`` (any mesh), and the run position."""
     params_like, other_like = _split_state(like)
     restored = restore_step_dir(step_dir, abstract_like(params_like), abstract_like(other_like))
-    params = jax.tree.map(lambda x: x, like.params)  # a new State container around like's Variables' structure
+    params = jax.tree.map(lambda x: x, like.params)  # a State of the same structure; ``like`` stays as it is
     nnx.replace_by_pure_dict(params, restored.params)
     other = restored.opt_state
     state = TrainState(
