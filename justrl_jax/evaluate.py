@@ -26,6 +26,8 @@ import logging
 import sys
 from pathlib import Path
 
+from justrl_jax.console import quiet_start
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -115,6 +117,7 @@ def _default_out(model: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()  # before JAX or transformers can print their false advisories
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)

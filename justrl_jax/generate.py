@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from justrl_jax.console import quiet_start
+
 
 def read_prompt_lines(path: Path) -> list[tuple[int, dict]]:
     """Parses the prompt file into (line number, object) pairs; a bad line is an error naming its number."""
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()  # before JAX or transformers can print their false advisories
     args = _parser().parse_args(argv)
     if min(args.n, args.max_new_tokens, args.batch_size, args.prompt_bucket) < 1:
         print("error: --n, --max-new-tokens, --batch-size and --prompt-bucket must be >= 1", file=sys.stderr)

@@ -18,6 +18,8 @@ import logging
 import os
 import sys
 
+from justrl_jax.console import quiet_start
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -75,6 +77,7 @@ def _maybe_init_distributed(args, timeout_s: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()  # before JAX or transformers can print their false advisories
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
