@@ -36,8 +36,7 @@ from justrl_jax.distributed import barrier
 from justrl_jax.metrics import MetricsWriter
 from justrl_jax.model.source import Policy, load_policy
 from justrl_jax.run_config import RunConfig
-from justrl_jax.sampler import Sampler, SamplerConfig
-from justrl_jax.sampling import strategy_for
+from justrl_jax.sampler import Sampler
 from justrl_jax.sharding import MeshConfig, data_parallel_size, make_mesh
 from justrl_jax.train_batch import build_train_batch
 from justrl_jax.train_step import (
@@ -169,11 +168,7 @@ class RLRunner:
         r = cfg.rollout
         self.sampler = Sampler(
             self.graphdef,
-            SamplerConfig(
-                max_new_tokens=r.max_new_tokens,
-                strategy=strategy_for(r.temperature, r.top_p, r.top_k),
-                kv_cache_budget_bytes=int(r.kv_cache_budget_gb * 2**30) or None,
-            ),
+            r.sampler_config(),  # the rollout config is a SamplingSettings
             mesh=self.mesh,
             eos_ids=policy.eos_ids,
             pad_id=int(self.tokenizer.pad_token_id),
