@@ -111,6 +111,7 @@ def _by_key(out, name):
     return {(r["problem_index"], r["sample_index"]): r for r in _records(out, name)}
 
 
+@pytest.mark.slow
 def test_missing_benchmark_is_reported_before_loading_anything(setup, tmp_path):
     model, data, _ = setup
     proc = subprocess.run(
@@ -135,6 +136,7 @@ def test_missing_benchmark_is_reported_before_loading_anything(setup, tmp_path):
     assert str(data / "math500.jsonl") in proc.stderr
 
 
+@pytest.mark.slow
 def test_table_jsonl_resume_and_repeat(setup, capsys):
     model, data, root = setup
     full, part = root / "full", root / "part"
@@ -214,6 +216,7 @@ def test_table_jsonl_resume_and_repeat(setup, capsys):
     assert "temperature=0.7" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_validator_metrics_are_repeatable(setup):
     model_dir, data, _ = setup
     policy = load_policy(model_dir)

@@ -5,11 +5,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from hf_reference import make_hf_qwen2
 
 from justrl_jax.generate import GenerateConfig
 from justrl_jax.model.tiny_tokenizer import ChatStyle, save_tiny_tokenizer
+
+pytestmark = pytest.mark.slow  # the CLI end to end, in subprocesses and in-process
 
 
 def _run(*args):

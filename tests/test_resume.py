@@ -28,6 +28,8 @@ from justrl_jax.model.source import load_policy
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
 
+pytestmark = pytest.mark.slow  # RL runs of the real CLI, killed and resumed
+
 STEPS = 6
 TIMEOUT_S = 300
 

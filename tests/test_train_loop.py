@@ -32,6 +32,7 @@ def _assert_learns(records):
             assert math.isfinite(r[key]), (key, r)
 
 
+@pytest.mark.slow
 def test_demo_learns_on_one_device(tmp_path):
     records = _run_demo(tmp_path / "run", "1x1", jax.devices()[:1])
     _assert_learns(records)
@@ -42,6 +43,7 @@ def test_demo_learns_on_one_device(tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_demo_learns_on_4x4_mesh(tmp_path):
     _assert_learns(_run_demo(tmp_path / "run", "4x4", None))
 
@@ -49,6 +51,7 @@ def test_demo_learns_on_4x4_mesh(tmp_path):
 @pytest.mark.parametrize(
     "preset, style", [("justrl_deepseek_1p5b", ChatStyle.DEEPSEEK), ("justrl_nemotron_1p5b", ChatStyle.CHATML)]
 )
+@pytest.mark.slow
 def test_shipped_configs_run_two_steps(tmp_path, preset, style):
     """Everything as shipped except the model (tiny, random), the data files and the sizes."""
     model = make_tiny_model_dir(tmp_path / "model", style, rope_theta=500000.0 if "nemotron" in preset else 1e4)

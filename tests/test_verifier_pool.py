@@ -22,6 +22,8 @@ from verifier_cases import CASES_PATH, load_cases
 from justrl_jax.verifier import VerdictStatus, Verifier, VerifierConfig, VerifierMode, robust_verdict
 from justrl_jax.verifier.pool import WorkerPool
 
+pytestmark = pytest.mark.slow  # real worker processes
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TIMEOUT_S = 2.0
 
