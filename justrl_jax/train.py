@@ -107,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     if final and runner.primary:
         from justrl_jax.metrics import read_metrics
 
-        rewards = [r["reward/mean"] for r in read_metrics(run_dir) if isinstance(r.get("reward/mean"), float)]
-        k = min(10, len(rewards))
-        print(
-            f"done: {run_dir}: mean reward {sum(rewards[:k]) / k:+.3f} over the first {k} steps, "
-            f"{sum(rewards[-k:]) / k:+.3f} over the last {k} (metrics.jsonl, tensorboard/, checkpoints/)"
-        )
+        accuracy = [r["reward/accuracy"] for r in read_metrics(run_dir) if isinstance(r.get("reward/accuracy"), float)]
+        k = min(10, len(accuracy))
+        if k:
+            print(
+                f"done: {run_dir}: mean accuracy {sum(accuracy[:k]) / k:.3f} over the first {k} steps, "
+                f"{sum(accuracy[-k:]) / k:.3f} over the last {k} (metrics.jsonl, tensorboard/, checkpoints/)"
+            )
     return 0
 
 
