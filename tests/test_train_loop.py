@@ -12,7 +12,7 @@ from justrl_jax.plot import plot_run
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
 
-DEMO_STEPS = 60
+DEMO_STEPS = 40  # the shipped demo (configs/demo.yaml) cut short: 0.45 -> 0.77 here, 0.45 -> 0.89 in full
 
 
 def _run_demo(run_dir, mesh, devices):
@@ -23,10 +23,12 @@ def _run_demo(run_dir, mesh, devices):
 
 
 def _assert_learns(records):
+    """Like the full demo's promise (at most ~0.5 accuracy over the first 10 steps, at least 0.85 over the
+    last 10), on a shorter run and with room for another CPU's rounding: a low start, a clear rise."""
     assert [r["step"] for r in records] == list(range(DEMO_STEPS))
-    first = sum(r["reward/mean"] for r in records[:8]) / 8
-    last = sum(r["reward/mean"] for r in records[-8:]) / 8
-    assert last > first + 0.25, (first, last)
+    accuracy = [r["reward/accuracy"] for r in records]
+    first, last = sum(accuracy[:10]) / 10, sum(accuracy[-10:]) / 10
+    assert first <= 0.55 and last >= 0.65 and last >= first + 0.2, (first, last)
     for r in records:
         for key in ("actor/entropy", "actor/grad_norm", "response/length_mean", "actor/learning_rate"):
             assert math.isfinite(r[key]), (key, r)
