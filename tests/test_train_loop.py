@@ -94,7 +94,8 @@ def test_bad_config_fails_before_compiling(tmp_path):
         load_run_config(None, ["rollout.temprature=1"])
     with pytest.raises(ConfigError, match="not a multiple of train.mini_batch_size"):
         load_run_config(None, ["rollout.prompts_per_step=3"])
-    cfg = load_run_config(None, ["rollout.prompts_per_step=3", "train.mini_batch_size=24", "train.micro_batch_size=24"])
+    small = ["rollout.prompts_per_step=3", "rollout.samples_per_prompt=8", "train.mini_batch_size=24"]
+    cfg = load_run_config(None, [*small, "train.micro_batch_size=24"])
     with pytest.raises(ValueError, match="not divisible by the data-parallel size 16"):
         RLRunner(cfg, tmp_path / "run", mesh_spec="16x1")
     with pytest.raises(ValueError, match="needs 12 devices"):
