@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import enum
 import types
@@ -50,16 +51,74 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        parts = key.strip().split(".")
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        _set(out, key.strip(), yaml.safe_load(raw) if raw.strip() else "", item)
+    return out
+
+
+def _set(data: dict, key: str, value, item: str) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    cls: type,
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+    shortcuts: Mapping[str, Any] | None = None,
+):
+    """A command's config: ``cls``'s defaults < ``base`` (the command's own) < the YAML file at ``path``
+    < ``shortcuts`` (dotted key -> value, from the command's flags) < ``key=value`` overrides (``--set``).
+
+    Example::
+
+        cfg = load_config(EvalConfig, "eval.yaml", ["n_samples=8"], shortcuts={"temperature": 0.6})
+    """
+    data = _deep_copy(dict(base or {}))
+    if path is not None:
+        data = _merge(data, load_yaml(path))
+    for key, value in (shortcuts or {}).items():
+        _set(data, key, value, f"{key}={value}")
+    data = apply_overrides(data, overrides)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from e
+
+
+def add_shortcut_flags(p: argparse.ArgumentParser, shortcuts) -> None:
+    """Adds ``shortcuts``, (flag or flags, dotted config key, type, help) rows: each flag stands for
+    ``--set KEY=VALUE``, and a flag that is not given leaves the file's (or the default) value."""
+    for flag, key, tp, help_text in shortcuts:
+        flags = (flag,) if isinstance(flag, str) else tuple(flag)
+        if tp is bool:
+            p.add_argument(*flags, dest=key, action="store_const", const=True, default=None, help=help_text)
+        else:
+            p.add_argument(*flags, dest=key, type=tp, default=None, help=f"{help_text} (--set {key}=...)")
+
+
+def given_shortcuts(args: argparse.Namespace, shortcuts) -> dict:
+    """The shortcut flags given on the command line, as ``load_config``'s ``shortcuts``."""
+    return {key: getattr(args, key) for _, key, _, _ in shortcuts if getattr(args, key) is not None}
+
+
+def _merge(base: dict, top: Mapping) -> dict:
+    """``top`` over ``base``, section by section."""
+    out = _deep_copy(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = _deep_copy(value)
     return out
 
 

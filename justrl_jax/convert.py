@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from justrl_jax.checkpoint import checkpoint_dir, complete_steps, is_complete
+from justrl_jax.console import quiet_start
 from justrl_jax.output_file import atomic_dir, check_output
 
 
@@ -69,6 +70,7 @@ def convert(
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()  # before JAX or transformers can print their false advisories
     parser = argparse.ArgumentParser(prog="python -m justrl_jax.convert", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory (newest checkpoint) or one checkpoint step directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")

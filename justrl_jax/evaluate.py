@@ -12,6 +12,9 @@ judge over the rule's failures, the paper's protocol); writes to ``--out``:
 * ``results.md``   the paper's table (avg@N x100 ± standard error) and unbiased pass@k;
 * ``summary.json`` the same numbers as fractions.
 
+Settings come from EvalConfig's defaults < ``--config FILE`` (YAML of EvalConfig keys) < the shortcut
+flags (``--temperature 0.6`` is ``--set temperature=0.6``) < ``--set KEY=VALUE``.
+
 Re-running the same command resumes: samples already in the JSONL are kept, only the missing ones
 are generated, and the final numbers equal those of an uninterrupted run. Example::
 
@@ -27,7 +30,35 @@ import logging
 import sys
 from pathlib import Path
 
+from justrl_jax.config_io import add_shortcut_flags, given_shortcuts, load_config
+from justrl_jax.console import quiet_start
 from justrl_jax.output_file import check_output
+
+# Flags that are shortcuts for --set KEY=VALUE: (flag, config key, type, help).
+_SHORTCUTS = (
+    ("--benchmarks", "benchmarks", str, "comma-separated, e.g. aime24,aime25,math500, or all (default: all nine)"),
+    ("--n-samples", "n_samples", int, "samples per problem for every benchmark (default: each one's N)"),
+    ("--max-new-tokens", "max_new_tokens", int, "default 31744"),
+    ("--temperature", "temperature", float, "default 0.7"),
+    ("--top-p", "top_p", float, "default 0.9"),
+    ("--seed", "seed", int, "default 0"),
+    ("--batch-size", "batch_size", int, "rows (problem x sample) per generate call (default 64)"),
+    ("--kv-cache-budget-gb", "kv_cache_budget_gb", float, "0: no limit (default); else sample in waves"),
+    ("--decode-chunk", "decode_chunk", int, "grow the KV cache this many slots at a time (0: allocate it whole)"),
+    ("--max-problems", "max_problems", int, "only the first N problems of each benchmark (smoke tests)"),
+    ("--prompt-format", "prompt_format", str, "eval (default): 'problem Please reason...'; train: the '\\n\\n' one"),
+    (
+        ("--grader", "--verifier"),
+        "verifier.mode",
+        str,
+        "robust (default), justrl (JustRL's evaluation rule; with --judge the paper's two stages) or strict",
+    ),
+    ("--verifier-workers", "verifier.workers", int, "default 4"),
+)
+
+# The command's own defaults over EvalConfig's: 1/0 rewards, so a sample's reward is its correctness
+# and the mean reward is avg@N.
+_BASE = {"verifier": {"mode": "robust", "correct_reward": 1.0, "incorrect_reward": 0.0, "workers": 4}}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,44 +69,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="HF directory or hub id, run directory, or checkpoint step")
     p.add_argument("--data-dir", required=True, help="folder holding the benchmarks (JustRL's data/ layout)")
-    p.add_argument(
-        "--benchmarks", default="all", help="comma-separated, e.g. aime24,aime25,math500 (default: all nine)"
-    )
     p.add_argument("--out", default=None, help="output folder (default eval/<model name>)")
-    p.add_argument("--n-samples", type=int, default=None, help="samples per problem for every benchmark")
-    p.add_argument("--max-new-tokens", type=int, default=31744)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="rows (problem x sample) per generate call")
-    p.add_argument("--kv-cache-budget-gb", type=float, default=0.0, help="0: no limit; else sample in waves")
     p.add_argument(
-        "--decode-chunk", type=int, default=0, help="grow the KV cache this many slots at a time (0: allocate it whole)"
+        "--config", default=None, help="YAML file of EvalConfig keys (benchmarks, n_samples, temperature, ...)"
     )
     p.add_argument(
-        "--max-problems", type=int, default=None, help="only the first N problems of each benchmark (smoke tests)"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. --set top_k=20 or --set verifier.workers=8 (repeatable)",
     )
-    p.add_argument(
-        "--prompt-format",
-        default="eval",
-        choices=["eval", "train", "raw"],
-        help="eval: 'problem Please reason...' (JustRL's evals); train: the '\\n\\n' variant",
-    )
-    p.add_argument(
-        "--grader",
-        "--verifier",
-        dest="verifier",
-        default="robust",
-        choices=["robust", "justrl", "strict"],
-        help="justrl: JustRL's evaluation rule (with --judge: the paper's two-stage grading)",
-    )
+    add_shortcut_flags(p, _SHORTCUTS)
     p.add_argument(
         "--judge",
         default=None,
         help="with --grader justrl: a judge model (HF dir or hub id; the paper: opencompass/CompassVerifier-3B) "
         "asked about every sample the rule rejects, greedy, 2,048 tokens; resumable",
     )
-    p.add_argument("--verifier-workers", type=int, default=4)
     p.add_argument(
         "--dtype",
         default="bfloat16",
@@ -99,26 +111,11 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args):
     from justrl_jax.evaluation.benchmarks import parse_benchmarks
     from justrl_jax.evaluation.eval_config import EvalConfig
-    from justrl_jax.prompts import PromptFormat
-    from justrl_jax.verifier import VerifierConfig, VerifierMode
 
-    return EvalConfig(
-        benchmarks=parse_benchmarks(args.benchmarks),
-        n_samples=args.n_samples,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        kv_cache_budget_gb=args.kv_cache_budget_gb,
-        decode_chunk=args.decode_chunk,
-        max_problems=args.max_problems,
-        prompt_format=PromptFormat(args.prompt_format),
-        # 1/0 rewards: a sample's reward is its correctness, so mean reward = avg@N.
-        verifier=VerifierConfig(
-            mode=VerifierMode(args.verifier), correct_reward=1.0, incorrect_reward=0.0, workers=args.verifier_workers
-        ),
-    )
+    shortcuts = given_shortcuts(args, _SHORTCUTS)
+    if "benchmarks" in shortcuts:
+        shortcuts["benchmarks"] = list(parse_benchmarks(shortcuts["benchmarks"]))
+    return load_config(EvalConfig, args.config, args.overrides, base=_BASE, shortcuts=shortcuts)
 
 
 def _default_out(model: str) -> Path:
@@ -131,6 +128,7 @@ def _default_out(model: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()  # before JAX or transformers can print their false advisories
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -140,11 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         from justrl_jax.model.source import check_model
 
         # Every benchmark file is found and read, and the model described, before it loads or compiles.
-        load_benchmarks(args.data_dir, cfg.specs(), max_problems=args.max_problems)
+        load_benchmarks(args.data_dir, cfg.specs(), max_problems=cfg.max_problems)
         if args.max_samples is not None and args.max_samples < 1:
             raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
-        if args.judge is not None and args.verifier != "justrl":
-            raise ValueError(f"--judge is the second stage of --grader justrl, not of --grader {args.verifier}")
+        if args.judge is not None and cfg.verifier.mode.value != "justrl":
+            raise ValueError(
+                f"--judge is the second stage of --grader justrl, not of --grader {cfg.verifier.mode.value}"
+            )
         out = Path(args.out) if args.out else _default_out(args.model)
         # The out folder is a resumable store (existing samples are kept and reused), never an input.
         check_output(out, [args.data_dir, args.model], overwrite=True, flag="--out", directory=True)
@@ -210,7 +210,7 @@ def _judge(args, cfg, mesh, out: Path, report) -> int:
     from justrl_jax.evaluation.report import markdown_rows, write_report
 
     judge = Judge.load(
-        args.judge, mesh=mesh, dtype=args.dtype, batch_size=args.batch_size, kv_cache_budget_gb=args.kv_cache_budget_gb
+        args.judge, mesh=mesh, dtype=args.dtype, batch_size=cfg.batch_size, kv_cache_budget_gb=cfg.kv_cache_budget_gb
     )
     specs = cfg.specs()
     judge_benchmarks(judge, out, [s.name for s in specs])

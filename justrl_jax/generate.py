@@ -5,7 +5,8 @@ Each input line holds ``prompt`` (text; the tokenizer's chat template is applied
 through. Each output line adds ``n`` samples: ``completion`` (text), ``completion_ids``,
 ``logprobs`` (per token, under the sampling policy) and ``finish_reason`` (``stop`` or ``length``).
 
-Example::
+Settings come from the defaults < ``--config FILE`` (YAML of :class:`GenerateConfig` keys) < the
+shortcut flags (``--temperature 0.7`` is ``--set temperature=0.7``) < ``--set KEY=VALUE``. Example::
 
     python -m justrl_jax.generate --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B \\
         --prompts problems.jsonl --output samples.jsonl --n 8 --temperature 0.7 --top-p 0.9
@@ -14,11 +15,16 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import ClassVar
 
+from justrl_jax.config_io import add_shortcut_flags, given_shortcuts, load_config
+from justrl_jax.console import quiet_start
 from justrl_jax.output_file import atomic_file, check_output
+from justrl_jax.sampling_settings import SamplingSettings
 
 
 def read_prompt_lines(path: Path) -> list[tuple[int, dict]]:
@@ -50,6 +56,52 @@ def read_prompt_lines(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig(SamplingSettings):
+    """What ``generate`` samples (the sampling keys are SamplingSettings') and how it batches the prompts.
+
+    n: samples per prompt; seed: the run's sampling seed; raw: text prompts go in as they are (no chat
+    template); batch_size: prompts per generate call; prompt_bucket: prompts are left-padded to a
+    multiple of this; dtype: compute dtype.
+    """
+
+    section: ClassVar[str] = "generate"
+
+    n: int = 1
+    seed: int = 0
+    raw: bool = False
+    batch_size: int = 64
+    prompt_bucket: int = 64
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("n", "batch_size", "prompt_bucket"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"generate.{name} must be an integer >= 1, got {value!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"generate.dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+
+# Flags that are shortcuts for --set KEY=VALUE: (flag, config key, type, help).
+_SHORTCUTS = (
+    ("--n", "n", int, "samples per prompt"),
+    ("--temperature", "temperature", float, "default 1.0"),
+    ("--top-p", "top_p", float, "default 1.0"),
+    ("--top-k", "top_k", int, "-1: off (default)"),
+    ("--max-new-tokens", "max_new_tokens", int, "default 1024"),
+    ("--greedy", "greedy", bool, "the most likely token at every step"),
+    ("--seed", "seed", int, "default 0"),
+    ("--raw", "raw", bool, "do not apply the chat template to text prompts"),
+    ("--batch-size", "batch_size", int, "prompts per generate call (default 64)"),
+    ("--prompt-bucket", "prompt_bucket", int, "prompts are left-padded to a multiple of this (default 64)"),
+    ("--kv-cache-budget-gb", "kv_cache_budget_gb", float, "KV-cache GiB per device; above it a call runs in waves"),
+    ("--decode-chunk", "decode_chunk", int, "grow the KV cache by this many tokens at a time (0: allocate it whole)"),
+    ("--dtype", "dtype", str, "float32 (default) or bfloat16"),
+)
+
+
 def _prompt_ids(row: dict, tokenizer, raw: bool, chat_text) -> list[int]:
     """The token ids of one prompt line: ``prompt_ids`` as given, else the (templated) text encoded."""
     if "prompt_ids" in row:
@@ -59,48 +111,35 @@ def _prompt_ids(row: dict, tokenizer, raw: bool, chat_text) -> list[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m justrl_jax.generate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m justrl_jax.generate",
+        description=__doc__.splitlines()[0],
+        epilog="Settings: the defaults < --config FILE < the shortcut flags < --set KEY=VALUE.",
+    )
     p.add_argument("--model", required=True, help="HF directory, hub id, run directory or checkpoint step")
     p.add_argument("--prompts", required=True, type=Path)
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--n", type=int, default=1, help="samples per prompt")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=-1)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--raw", action="store_true", help="do not apply the chat template to text prompts")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
-    p.add_argument("--prompt-bucket", type=int, default=64, help="prompts are left-padded to a multiple of this")
+    p.add_argument("--config", default=None, help="YAML file of GenerateConfig keys (temperature, n, ...)")
     p.add_argument(
-        "--kv-cache-budget-gb",
-        type=float,
-        default=0.0,
-        help="KV-cache bytes per device; above it a call runs in waves (0: no limit)",
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set top_p=0.9"
     )
-    p.add_argument(
-        "--decode-chunk",
-        type=int,
-        default=0,
-        help="grow the KV cache by this many tokens at a time (0: allocate it whole)",
-    )
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    add_shortcut_flags(p, _SHORTCUTS)
     p.add_argument("--mesh", default=None, help="e.g. 4x4; default: one device")
     return p
 
 
+def load_generate_config(args: argparse.Namespace) -> GenerateConfig:
+    return load_config(GenerateConfig, args.config, args.overrides, shortcuts=given_shortcuts(args, _SHORTCUTS))
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()  # before JAX or transformers can print their false advisories
     args = _parser().parse_args(argv)
-    if min(args.n, args.max_new_tokens, args.batch_size, args.prompt_bucket) < 1:
-        print("error: --n, --max-new-tokens, --batch-size and --prompt-bucket must be >= 1", file=sys.stderr)
-        return 2
-    if args.kv_cache_budget_gb < 0 or args.decode_chunk < 0:
-        print("error: --kv-cache-budget-gb and --decode-chunk must be >= 0", file=sys.stderr)
-        return 2
-    try:
+    try:  # settings and prompts are checked before the model is loaded
+        cfg = load_generate_config(args)
         rows = read_prompt_lines(args.prompts)
+        sampler_config = cfg.sampler_config(prompt_bucket=cfg.prompt_bucket)
         check_output(args.output, [args.prompts], overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -115,22 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     from justrl_jax.global_arrays import to_host
     from justrl_jax.model.source import describe_model, load_policy
     from justrl_jax.prompts import PromptExample
-    from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
-    from justrl_jax.sampling import strategy_for
+    from justrl_jax.sampler import FinishReason, Sampler
     from justrl_jax.sharding import make_mesh
 
     try:  # settings, the model's description and every prompt are checked before the weights load
-        strategy = strategy_for(args.temperature, args.top_p, args.top_k, greedy=args.greedy)
-        config = SamplerConfig(
-            max_new_tokens=args.max_new_tokens,
-            strategy=strategy,
-            prompt_bucket=args.prompt_bucket,
-            kv_cache_budget_bytes=int(args.kv_cache_budget_gb * 2**30) or None,
-            decode_chunk=args.decode_chunk,
-        )
         arch, tokenizer_dir = describe_model(args.model)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        token_ids = [_prompt_ids(row, tokenizer, args.raw, chat_text) for _, row in rows]
+        token_ids = [_prompt_ids(row, tokenizer, cfg.raw, chat_text) for _, row in rows]
         vocab = arch.vocab_size
         for (number, _), ids in zip(rows, token_ids, strict=True):
             if not ids or max(ids) >= vocab:
@@ -142,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mesh = make_mesh(args.mesh) if args.mesh else None
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     try:
         policy = load_policy(args.model, mesh, compute_dtype=dtype)
     except (FileNotFoundError, ValueError) as e:
@@ -150,27 +180,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else policy.eos_ids[0]
     rows = [row for _, row in rows]
-    sampler = Sampler(policy.model, config, mesh=mesh, eos_ids=policy.eos_ids, pad_id=int(pad_id))
-    key = jax.random.key(args.seed)
+    sampler = Sampler(policy.model, sampler_config, mesh=mesh, eos_ids=policy.eos_ids, pad_id=int(pad_id))
+    key = jax.random.key(cfg.seed)
     # Written under a temporary name: a failure leaves an existing --output as it was.
     with atomic_file(args.output) as out:
-        for start in range(0, len(rows), args.batch_size):
-            chunk = list(range(start, min(start + args.batch_size, len(rows))))
+        for start in range(0, len(rows), cfg.batch_size):
+            chunk = list(range(start, min(start + cfg.batch_size, len(rows))))
             examples = [PromptExample(problem=str(i), gold="") for i in chunk]
-            batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=args.prompt_bucket)
+            batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=cfg.prompt_bucket)
             rollout = sampler.generate(
                 policy.model,
                 batch.prompt_ids,
                 batch.prompt_mask,
-                n=args.n,
+                n=cfg.n,
                 key=jax.random.fold_in(key, start),
                 logprobs=True,
             )
             logprobs = to_host(rollout.logprobs)
             for j, i in enumerate(chunk):
                 samples = []
-                for s in range(args.n):
-                    r = j * args.n + s
+                for s in range(cfg.n):
+                    r = j * cfg.n + s
                     n_tok = int(rollout.lengths[r])
                     ids = [int(t) for t in np.asarray(rollout.completion_ids[r, :n_tok])]
                     samples.append(
@@ -182,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
                 out.write(json.dumps({**rows[i], "prompt_token_ids": token_ids[i], "samples": samples}) + "\n")
-    print(f"wrote {len(rows)} prompts x {args.n} samples to {args.output}", file=sys.stderr)
+    print(f"wrote {len(rows)} prompts x {cfg.n} samples to {args.output}", file=sys.stderr)
     return 0
 
 

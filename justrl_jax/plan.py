@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from justrl_jax.console import quiet_start
 from justrl_jax.memory_estimate import DEVICE_MEMORY, advice, plan_memory
 from justrl_jax.sharding import MeshConfig
 
@@ -39,6 +40,7 @@ def architecture_of(model_path: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()  # before JAX or transformers can print their false advisories
     p = argparse.ArgumentParser(prog="python -m justrl_jax.plan", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--mesh", required=True, help="e.g. 4x4 or fsdp=8,tensor=2")

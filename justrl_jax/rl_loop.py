@@ -37,8 +37,7 @@ from justrl_jax.metrics import MetricsWriter, StageTimer, rollout_metrics
 from justrl_jax.model.source import Policy, load_policy
 from justrl_jax.preemption import StopRequest
 from justrl_jax.run_config import RunConfig, check_against_mesh
-from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
-from justrl_jax.sampling import strategy_for
+from justrl_jax.sampler import FinishReason, Sampler
 from justrl_jax.sharding import MeshConfig, make_mesh
 from justrl_jax.train_batch import build_train_batch, logprob_gap
 from justrl_jax.train_step import init_train_state, make_compute_logps, make_train_step, state_sharding
@@ -111,11 +110,7 @@ class RLRunner:
         r = cfg.rollout
         self.sampler = Sampler(
             self.graphdef,
-            SamplerConfig(
-                max_new_tokens=r.max_new_tokens,
-                strategy=strategy_for(r.temperature, r.top_p, r.top_k),
-                kv_cache_budget_bytes=int(r.kv_cache_budget_gb * 2**30) or None,
-            ),
+            r.sampler_config(),  # the rollout config is a SamplingSettings
             mesh=self.mesh,
             eos_ids=self.policy.eos_ids,
             pad_id=int(self.tokenizer.pad_token_id),

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 from pathlib import Path
+from typing import ClassVar
 
 from justrl_jax.checkpoint import CheckpointConfig
 from justrl_jax.config_io import ConfigError, apply_overrides, from_dict, load_yaml
 from justrl_jax.data import DataConfig
 from justrl_jax.demo import DemoConfig
+from justrl_jax.sampling_settings import SamplingSettings
 from justrl_jax.train_step import TrainConfig
 from justrl_jax.verifier import VerifierConfig
 
@@ -47,30 +49,24 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutConfig:
-    """Sampling of the training rollouts (JustRL: 256 prompts x 8, T 1.0, top_p 1.0, 15,360 tokens)."""
+class RolloutConfig(SamplingSettings):
+    """Sampling of the training rollouts (JustRL: 256 prompts x 8, T 1.0, top_p 1.0, 15,360 tokens); the
+    sampling keys (temperature, top_p, top_k, max_new_tokens, kv_cache_budget_gb, ...) are SamplingSettings'."""
 
+    section: ClassVar[str] = "rollout"
+
+    max_new_tokens: int = 15360
     prompts_per_step: int = 256
     samples_per_prompt: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1  # -1: off
-    max_new_tokens: int = 15360
-    kv_cache_budget_gb: float = 0.0  # 0: no limit; above it the sampler runs in waves
     length_bucket: int = 128  # completions are trimmed to a multiple of this for the update
 
     def __post_init__(self):
-        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "length_bucket"):
+        super().__post_init__()
+        if self.greedy:
+            raise ValueError("rollout.greedy must be false: GRPO learns from groups of sampled responses")
+        for name in ("prompts_per_step", "samples_per_prompt", "length_bucket"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"rollout.temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k == 0 or self.top_k < -1:
-            raise ValueError(f"rollout.top_k must be -1 (off) or >= 1, got {self.top_k}")
-        if self.kv_cache_budget_gb < 0:
-            raise ValueError(f"rollout.kv_cache_budget_gb must be >= 0, got {self.kv_cache_budget_gb}")
 
     @property
     def sequences(self) -> int:
@@ -104,22 +100,26 @@ VALIDATION_GRADERS = ("robust", "math-verify", "justrl")
 
 
 @dataclasses.dataclass(frozen=True)
-class ValidationConfig:
+class ValidationConfig(SamplingSettings):
     """In-training validation (JustRL: every 50 steps and before training; AIME24/AIME25/AMC23 avg@32
-    at T 0.7, top_p 0.9, 31,744 tokens)."""
+    at T 0.7, top_p 0.9, 31,744 tokens); the sampling keys are SamplingSettings' (a KV-cache budget of
+    0 takes the rollout's)."""
 
+    section: ClassVar[str] = "validation"
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 31744
     enabled: bool = False
     every_steps: int = 50
     before_train: bool = True
     data_dir: str = ""
     benchmarks: tuple[str, ...] = ("aime24", "aime25", "amc23")
     n_samples: int = 32
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 31744
     grader: str = "robust"  # robust | math-verify (veRL's, as JustRL validated; optional package) | justrl
 
     def __post_init__(self):
+        super().__post_init__()
         if self.grader not in VALIDATION_GRADERS:
             raise ValueError(f"validation.grader must be one of {list(VALIDATION_GRADERS)}, got {self.grader!r}")
         if self.enabled and self.grader == "math-verify":

@@ -18,6 +18,8 @@ import logging
 import os
 import sys
 
+from justrl_jax.console import quiet_start
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -106,6 +108,7 @@ def check_inputs(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()  # before JAX or transformers can print their false advisories
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -150,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     if final and runner.primary:
         from justrl_jax.metrics import read_metrics
 
-        rewards = [r["reward/mean"] for r in read_metrics(run_dir) if isinstance(r.get("reward/mean"), float)]
-        k = min(10, len(rewards))
-        print(
-            f"done: {run_dir}: mean reward {sum(rewards[:k]) / k:+.3f} over the first {k} steps, "
-            f"{sum(rewards[-k:]) / k:+.3f} over the last {k} (metrics.jsonl, tensorboard/, checkpoints/)"
-        )
+        accuracy = [r["reward/accuracy"] for r in read_metrics(run_dir) if isinstance(r.get("reward/accuracy"), float)]
+        k = min(10, len(accuracy))
+        if k:
+            print(
+                f"done: {run_dir}: mean accuracy {sum(accuracy[:k]) / k:.3f} over the first {k} steps, "
+                f"{sum(accuracy[-k:]) / k:.3f} over the last {k} (metrics.jsonl, tensorboard/, checkpoints/)"
+            )
     return 0
 
 

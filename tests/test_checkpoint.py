@@ -116,6 +116,7 @@ def _tiny_state(mesh, seed):
     return state
 
 
+@pytest.mark.slow
 def test_a_state_saved_on_4x4_restores_onto_2x8_and_one_device(tmp_path):
     state = _tiny_state(make_mesh("4x4"), seed=0)
 

@@ -23,6 +23,8 @@ from justrl_jax.model.source import load_policy
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
 
+pytestmark = pytest.mark.slow  # an RL run to convert
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

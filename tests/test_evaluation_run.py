@@ -7,6 +7,7 @@ Problems with gold 3 or 6 are therefore right about half the time and gold 9 nev
 are non-trivial, differ between seeds, and each verdict can be checked by hand from the response.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 from justrl_jax.evaluate import main as evaluate_main
+from justrl_jax.evaluation.eval_config import EvalConfig
 from justrl_jax.evaluation.passk import avg_at_n, mean_pass_at_k
-from justrl_jax.evaluation.runner import Validator, validation_eval_config
+from justrl_jax.evaluation.runner import VALIDATION_SAMPLING, Validator, validation_eval_config
 from justrl_jax.model.source import load_policy
 from justrl_jax.model.tiny_tokenizer import ChatStyle, save_tiny_tokenizer
 from tests.hf_reference import make_hf_qwen2
@@ -110,6 +112,7 @@ def _by_key(out, name):
     return {(r["problem_index"], r["sample_index"]): r for r in _records(out, name)}
 
 
+@pytest.mark.slow
 def test_missing_benchmark_is_reported_before_loading_anything(setup, tmp_path):
     model, data, _ = setup
     proc = subprocess.run(
@@ -134,6 +137,7 @@ def test_missing_benchmark_is_reported_before_loading_anything(setup, tmp_path):
     assert str(data / "math500.jsonl") in proc.stderr
 
 
+@pytest.mark.slow
 def test_table_jsonl_resume_and_repeat(setup, capsys):
     model, data, root = setup
     full, part = root / "full", root / "part"
@@ -204,17 +208,31 @@ def test_table_jsonl_resume_and_repeat(setup, capsys):
     assert row in capsys.readouterr().out
     assert (full / "aime24.samples.jsonl").read_bytes() == before
 
+    # The same settings from a --config file (and --set): the samples on disk match them, so the complete
+    # folder is resumed as is (any setting that differed would be refused, as below).
+    config = root / "eval.yaml"
+    config.write_text(
+        "benchmarks: [aime24, hmmt25]\nn_samples: 2\nmax_new_tokens: 6\nbatch_size: 4\nseed: 3\n"
+        "verifier: {workers: 1}\n"
+    )
+    args = ["--model", str(model), "--data-dir", str(data), "--out", str(full), "--dtype", "float32"]
+    assert evaluate_main([*args, "--config", str(config), "--set", "n_samples=4", "--label", "tiny"]) == 0
+    assert row in capsys.readouterr().out
+    assert (full / "aime24.samples.jsonl").read_bytes() == before
+
     # Resuming with other settings is refused, naming the setting.
     assert evaluate_main([*_args(model, data, full), "--temperature", "0.5"]) == 2
     assert "temperature=0.7" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_validator_metrics_are_repeatable(setup):
     model_dir, data, _ = setup
     policy = load_policy(model_dir)
     graphdef, params = nnx.split(policy.model, nnx.Param)
     tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
-    cfg = validation_eval_config(benchmarks=("aime24", "hmmt25"), n_samples=4, max_new_tokens=MAX_NEW, batch_size=4)
+    settings = dataclasses.replace(VALIDATION_SAMPLING, max_new_tokens=MAX_NEW)
+    cfg = validation_eval_config(settings, benchmarks=("aime24", "hmmt25"), n_samples=4, batch_size=4)
     validator = Validator(graphdef, tokenizer, cfg, data, eos_ids=policy.eos_ids)
     first = validator(params)
     names = {f"val/{b}/{m}" for b in ("aime24", "hmmt25") for m in ("avg@4", "pass@4", "length_mean")}
@@ -239,3 +257,31 @@ def test_out_folder_is_never_an_input(setup, capsys):
     assert evaluate_main(_args(model.parent / "run_without_checkpoint", data, model.parent / "o")) == 2
     assert "has no complete checkpoint yet" in capsys.readouterr().err
     assert not (model.parent / "o").exists()
+
+
+def test_settings_come_from_defaults_file_flags_then_set(tmp_path, capsys):
+    from justrl_jax.evaluate import _config, _parser
+    from justrl_jax.verifier import VerifierMode
+
+    config = tmp_path / "eval.yaml"
+    config.write_text("benchmarks: [aime24]\nn_samples: 8\ntemperature: 0.6\ntop_k: 20\nverifier: {workers: 2}\n")
+    common = ["--model", "m", "--data-dir", "d", "--config", str(config)]
+    cfg = _config(_parser().parse_args(common))
+    assert (cfg.benchmarks, cfg.n_samples, cfg.temperature, cfg.top_p, cfg.top_k) == (("aime24",), 8, 0.6, 0.9, 20)
+    # The command's own verifier defaults (1/0 rewards, robust) stay under the file's workers.
+    v = cfg.verifier
+    assert (v.mode, v.correct_reward, v.incorrect_reward, v.workers) == (VerifierMode.ROBUST, 1.0, 0.0, 2)
+    cfg = _config(_parser().parse_args([*common, "--n-samples", "2", "--temperature", "0.5", "--set", "n_samples=3"]))
+    assert (cfg.n_samples, cfg.temperature) == (3, 0.5)  # a flag beats the file, --set beats the flag
+    cfg = _config(_parser().parse_args([*common, "--benchmarks", "AIME25,math-500", "--verifier", "strict"]))
+    assert cfg.benchmarks == ("aime25", "math500") and cfg.verifier.mode is VerifierMode.STRICT
+    assert _config(_parser().parse_args(["--model", "m", "--data-dir", "d"])).benchmarks == EvalConfig().benchmarks
+
+    for bad, named in (
+        (["--set", "temprature=0.5"], "unknown config key 'temprature'"),
+        (["--set", "top_p=1.5"], "eval.top_p must be in (0, 1]"),
+        (["--set", "verifier.workers=many"], "verifier.workers must be an integer"),
+        (["--config", str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+    ):
+        assert evaluate_main(["--model", "m", "--data-dir", str(tmp_path), *bad]) == 2
+        assert named in capsys.readouterr().err

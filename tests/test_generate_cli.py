@@ -5,10 +5,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from hf_reference import make_hf_qwen2
 
+from justrl_jax.generate import GenerateConfig
 from justrl_jax.model.tiny_tokenizer import ChatStyle, save_tiny_tokenizer
+
+pytestmark = pytest.mark.slow  # the CLI end to end, in subprocesses and in-process
 
 
 def _run(*args):
@@ -112,3 +116,39 @@ def test_inputs_and_output_are_checked_before_the_model_loads(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "run"), "--prompts", str(prompts), "--output", str(tmp_path / "x")]) == 2
     assert "has no complete checkpoint yet" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "o.jsonl", "p.jsonl", "run"]
+
+
+def test_config_file_and_set_equal_the_flags(tmp_path, capsys):
+    from justrl_jax.generate import _parser, load_generate_config, main
+
+    path, _ = make_hf_qwen2(tmp_path / "hf", vocab=448, hidden=64, heads=4, kv_heads=2, seed=5)
+    save_tiny_tokenizer(ChatStyle.DEEPSEEK, path)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "What is 2 + 2?"}\n{"prompt_ids": [5, 6, 7]}\n')
+    config = tmp_path / "generate.yaml"
+    config.write_text("temperature: 0.7\ntop_p: 0.9\nmax_new_tokens: 5\nn: 3\nseed: 4\nbatch_size: 1\n")
+
+    def run(name, *settings):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["--model", str(path), "--prompts", str(prompts), "--output", str(out), *settings]) == 0
+        return out.read_text()
+
+    flags = "--temperature 0.7 --top-p 0.9 --max-new-tokens 5 --n 2 --seed 4 --batch-size 1".split()
+    by_flags = run("flags", *flags)
+    assert run("config", "--config", str(config), "--set", "n=2") == by_flags
+    assert [len(json.loads(line)["samples"]) for line in by_flags.splitlines()] == [2, 2]
+
+    parse = _parser().parse_args
+    common = ["--model", "m", "--prompts", "p", "--output", "o", "--config", str(config)]
+    cfg = load_generate_config(parse([*common, "--n", "5", "--set", "n=6", "--greedy"]))
+    assert (cfg.n, cfg.greedy, cfg.temperature, cfg.max_new_tokens) == (6, True, 0.7, 5)  # --set beats a flag
+    assert load_generate_config(parse(common[:6])) == GenerateConfig()  # no file, no flags: the defaults
+    capsys.readouterr()
+    for bad, named in (
+        (["--set", "temprature=0.5"], "unknown config key 'temprature'"),
+        (["--set", "n=0"], "generate.n must be an integer >= 1"),
+        (["--config", str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+    ):
+        assert main(["--model", str(path), "--prompts", str(prompts), "--output", str(tmp_path / "x.jsonl"), *bad]) == 2
+        assert named in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()

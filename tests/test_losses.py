@@ -269,6 +269,7 @@ def test_config_validation(kwargs, field):
         LossConfig(**kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "agg,ent_coef,kl_coef,chunk,start",
     [

@@ -61,6 +61,7 @@ def test_plan_refuses_what_cannot_fit():
     assert "DOES NOT FIT" in plan.table()
 
 
+@pytest.mark.slow
 def test_waves_bound_the_kv_cache():
     config = Qwen2Config()
     one = plan_memory(config, MeshConfig.parse("4x4"), 16, PlanInputs(sampler_waves=1))

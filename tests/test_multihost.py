@@ -12,9 +12,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from justrl_jax.model.source import load_policy
+
+pytestmark = pytest.mark.slow  # two processes of the real CLI
 
 STEPS = 2
 

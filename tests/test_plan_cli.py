@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocess CLIs
+
 
 def _plan(*args):
     return subprocess.run(

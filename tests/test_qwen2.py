@@ -42,6 +42,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"kv{c['kv_heads']}-tie{c['tie']}-{c['config_style']}")
 def test_logits_match_transformers(tmp_path, case):
     path, ref_model = make_hf_qwen2(tmp_path / "hf", **case)
@@ -53,6 +54,7 @@ def test_logits_match_transformers(tmp_path, case):
     np.testing.assert_allclose(_jax_logits(model, tokens, mask)[mask], ref[mask], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_full_forward(tmp_path):
     path, _ = make_hf_qwen2(tmp_path / "hf", heads=4, kv_heads=2)
     model = load_hf_model(str(path))
@@ -96,6 +98,7 @@ def test_export_reloads_in_transformers(tmp_path, tie):
     )
 
 
+@pytest.mark.slow
 def test_forward_on_4x4_mesh_equals_one_device(tmp_path):
     path, ref_model = make_hf_qwen2(tmp_path / "hf", vocab=128, hidden=64, heads=4, kv_heads=2)
     single = load_hf_model(str(path))

@@ -28,6 +28,8 @@ from justrl_jax.model.source import load_policy
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
 
+pytestmark = pytest.mark.slow  # RL runs of the real CLI, killed and resumed
+
 STEPS = 6
 TIMEOUT_S = 300
 
@@ -116,7 +118,6 @@ class Outcome:
     partial_at_kill: list[str] = dataclasses.field(default_factory=list)  # SIGKILL: tmp dirs it left
     newest_at_kill: int | None = None
     resumed: subprocess.CompletedProcess | None = None
-    stop_s: float = 0.0  # SIGTERM: seconds from the signal to the exit
 
 
 def _reference(run_dir, env) -> Outcome:
@@ -163,9 +164,8 @@ def _preempted(run_dir, env, sig=signal.SIGTERM) -> Outcome:
             return Outcome(run_dir, proc.wait(), "the run ended or hung before its first step")
         time.sleep(0.01)
     proc.send_signal(sig)
-    sent = time.time()
     _, err = proc.communicate(timeout=TIMEOUT_S)
-    return Outcome(run_dir, proc.returncode, err, stop_s=time.time() - sent)
+    return Outcome(run_dir, proc.returncode, err)
 
 
 def _interrupted(run_dir, env) -> Outcome:
@@ -257,7 +257,6 @@ def test_sigkill_during_a_save_then_resume_is_bitwise_identical(runs, reference)
 def test_sigterm_saves_the_exact_state_and_exits_zero(runs, reference):
     preempted = runs["preempted"]
     assert preempted.returncode == 0, preempted.stderr[-3000:]
-    assert preempted.stop_s < 30  # one step and one save
     assert "SIGTERM" in preempted.stderr
     saved = complete_steps(preempted.run_dir)
     n_metrics = len(read_jsonl(preempted.run_dir / "metrics.jsonl"))

@@ -39,6 +39,7 @@ def _row_bytes(slots: int) -> int:
     return KVCache.bytes_for(CFG.num_layers, 1, slots, CFG.num_kv_heads, CFG.head_dim, 4)
 
 
+@pytest.mark.slow
 def test_waves_give_the_same_rollout_as_one_pass(model):
     ids, mask = _prompts([3, 8, 5], 8)
     config = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8)
@@ -91,6 +92,7 @@ def test_plan_waves_takes_the_largest_wave_that_fits(dp, tensor):
             assert plan.waves == -(-64 // plan.wave_rows)
 
 
+@pytest.mark.slow
 def test_a_growing_cache_gives_the_same_rollout(model):
     ids, mask = _prompts([2, 6, 4, 5], 6, seed=1)
     plain = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8)
@@ -104,6 +106,7 @@ def test_a_growing_cache_gives_the_same_rollout(model):
     assert grown.decode_fn._cache_size() == 3  # one program per cache size
 
 
+@pytest.mark.slow
 def test_the_loop_stops_when_every_row_has_finished(model):
     ids, mask = _prompts([4, 7], 8, seed=2)
     free = Sampler(model, SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8), eos_ids=(), pad_id=0)

@@ -33,6 +33,7 @@ def _prompts(lengths, vocab, width, seed=0):
     return ids, mask
 
 
+@pytest.mark.slow
 def test_greedy_equals_transformers_generate(tiny):
     path, ref, model = tiny
     ids, mask = _prompts([3, 9, 6, 1], 128, 9)
@@ -54,6 +55,7 @@ def test_greedy_equals_transformers_generate(tiny):
     assert (out.lengths == NEW).all() and (out.finish == FinishReason.LENGTH).all()
 
 
+@pytest.mark.slow
 def test_eos_stops_a_row_and_is_kept(tiny):
     _, _, model = tiny
     ids, mask = _prompts([4, 7], 128, 7, seed=1)
@@ -73,6 +75,7 @@ def test_eos_stops_a_row_and_is_kept(tiny):
         assert (out.completion_ids[r, n:] == 0).all()
 
 
+@pytest.mark.slow
 def test_sampler_logprobs_equal_trainer_recomputation(tiny):
     _, _, model = tiny
     ids, mask = _prompts([2, 8, 5], 128, 8, seed=2)
@@ -143,6 +146,7 @@ def test_sampled_frequencies_match_the_distribution(strategy, truncate):
     assert not _chi2_ok(_frequencies(Temperature(t * 1.5)), probs)
 
 
+@pytest.mark.slow
 def test_no_recompilation_within_a_prompt_bucket(tiny):
     _, _, model = tiny
     sampler = Sampler(
@@ -157,6 +161,7 @@ def test_no_recompilation_within_a_prompt_bucket(tiny):
     assert sampler.prefill_fn._cache_size() == sizes[0] + 1
 
 
+@pytest.mark.slow
 def test_same_tokens_on_a_4x4_mesh(tiny):
     path, _, model = tiny
     ids, mask = _prompts([3, 6, 2, 5], 128, 6, seed=8)

@@ -13,7 +13,7 @@ from justrl_jax.plot import plot_run
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
 
-DEMO_STEPS = 60
+DEMO_STEPS = 40  # the shipped demo (configs/demo.yaml) cut short: 0.45 -> 0.77 here, 0.45 -> 0.89 in full
 
 
 def _run_demo(run_dir, mesh, devices):
@@ -24,16 +24,19 @@ def _run_demo(run_dir, mesh, devices):
 
 
 def _assert_learns(records):
+    """Like the full demo's promise (at most ~0.5 accuracy over the first 10 steps, at least 0.85 over the
+    last 10), on a shorter run and with room for another CPU's rounding: a low start, a clear rise."""
     assert [r["step"] for r in records] == list(range(DEMO_STEPS))
-    first = sum(r["reward/mean"] for r in records[:8]) / 8
-    last = sum(r["reward/mean"] for r in records[-8:]) / 8
-    assert last > first + 0.25, (first, last)
+    accuracy = [r["reward/accuracy"] for r in records]
+    first, last = sum(accuracy[:10]) / 10, sum(accuracy[-10:]) / 10
+    assert first <= 0.55 and last >= 0.65 and last >= first + 0.2, (first, last)
     for r in records:
         for key in ("actor/entropy", "actor/grad_norm", "response/length_mean", "actor/learning_rate"):
             assert math.isfinite(r[key]), (key, r)
     _assert_sampler_agrees_with_trainer(records)
 
 
+@pytest.mark.slow
 def test_demo_learns_on_one_device(tmp_path):
     records = _run_demo(tmp_path / "run", "1x1", jax.devices()[:1])
     _assert_learns(records)
@@ -44,6 +47,7 @@ def test_demo_learns_on_one_device(tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_demo_learns_on_4x4_mesh(tmp_path):
     _assert_learns(_run_demo(tmp_path / "run", "4x4", None))
 
@@ -72,6 +76,7 @@ def _assert_sampler_agrees_with_trainer(records):
 @pytest.mark.parametrize(
     "preset, style", [("justrl_deepseek_1p5b", ChatStyle.DEEPSEEK), ("justrl_nemotron_1p5b", ChatStyle.CHATML)]
 )
+@pytest.mark.slow
 def test_shipped_configs_run_two_steps(tmp_path, preset, style):
     """Everything as shipped except the model (tiny, random), the data files and the sizes."""
     model = make_tiny_model_dir(tmp_path / "model", style, rope_theta=500000.0 if "nemotron" in preset else 1e4)
@@ -112,7 +117,8 @@ def test_bad_config_fails_before_compiling(tmp_path):
         load_run_config(None, ["rollout.temprature=1"])
     with pytest.raises(ConfigError, match="not a multiple of train.mini_batch_size"):
         load_run_config(None, ["rollout.prompts_per_step=3"])
-    cfg = load_run_config(None, ["rollout.prompts_per_step=3", "train.mini_batch_size=24", "train.micro_batch_size=24"])
+    small = ["rollout.prompts_per_step=3", "rollout.samples_per_prompt=8", "train.mini_batch_size=24"]
+    cfg = load_run_config(None, [*small, "train.micro_batch_size=24"])
     with pytest.raises(ValueError, match="not divisible by the data-parallel size 16"):
         RLRunner(cfg, tmp_path / "run", mesh_spec="16x1")
     with pytest.raises(ValueError, match="needs 12 devices"):

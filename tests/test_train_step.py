@@ -196,6 +196,7 @@ def _assert_same_update(reference, state, metrics):
         np.testing.assert_allclose(float(getattr(metrics, field)), want, rtol=1e-5, atol=1e-7, err_msg=field)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change,micro",
     [
@@ -210,6 +211,7 @@ def test_micro_batching_and_remat_do_not_change_the_update(reference, change, mi
     _assert_same_update(reference, *_run(reference, cfg))
 
 
+@pytest.mark.slow
 def test_skipping_the_prompt_does_not_change_the_update(reference):
     """completion_start = P skips the prompt's unembedding; nothing trained on changes."""
     batch = reference["batch"].replace(completion_start=P)
@@ -222,6 +224,7 @@ def test_skipping_the_prompt_does_not_change_the_update(reference):
     _assert_same_update(reference, *reference["step"](state, batch))
 
 
+@pytest.mark.slow
 def test_4x4_mesh_equals_one_device(reference):
     mesh = make_mesh("4x4")
     graphdef, state = init_train_state(reference["model"], BASE.optim, mesh)
@@ -273,6 +276,7 @@ def test_train_state_round_trips_through_orbax(reference, tmp_path):
     assert jax.tree.structure(restored) == jax.tree.structure(state)
 
 
+@pytest.mark.slow
 def test_learning_raises_a_synthetic_reward():
     """GRPO on a tiny model: reward = fraction of completion tokens equal to TARGET. It must go up."""
     vocab, target, prompts, group, p_len, c_len = 16, 7, 4, 8, 3, 4

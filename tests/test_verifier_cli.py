@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from justrl_jax.verify import main
 
 
@@ -37,6 +39,7 @@ def test_strict_cli_scores_and_passes_fields_through(tmp_path, capsys):
     assert "scored=3 malformed=2 correct=1" in err and "no_answer=1" in err
 
 
+@pytest.mark.slow
 def test_robust_cli_uses_the_pool(tmp_path, capsys):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     _write(

@@ -41,9 +41,9 @@ STRICT_CASES = [c for c in CASES if c["mode_hint"] in ("any", "strict") and not 
 @needs_cases
 @pytest.mark.parametrize("case", STRICT_CASES, ids=[c["id"] for c in STRICT_CASES])
 def test_strict_matches_expected_on_undisputed_cases(case):
-    start = time.perf_counter()
+    start = time.thread_time()  # this thread's CPU time: a loaded machine does not count
     assert strict_verdict(case["response"], case["gold"]).correct == case["expected"]
-    assert time.perf_counter() - start < case.get("max_seconds", 5.0)
+    assert time.thread_time() - start < case.get("max_seconds", 5.0)
 
 
 @pytest.mark.parametrize(

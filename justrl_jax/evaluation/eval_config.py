@@ -14,9 +14,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from justrl_jax.evaluation.benchmarks import BENCHMARKS, BenchmarkSpec, get_benchmark
 from justrl_jax.prompts import PromptFormat
+from justrl_jax.sampling_settings import SamplingSettings
 from justrl_jax.verifier import VerifierConfig, VerifierMode
 
 
@@ -29,25 +31,27 @@ def _robust() -> VerifierConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """One evaluation; ``n_samples`` / ``max_new_tokens`` apply to every chosen benchmark."""
+class EvalConfig(SamplingSettings):
+    """One evaluation; ``n_samples`` / ``max_new_tokens`` apply to every chosen benchmark. The sampling
+    keys (temperature, top_p, top_k, greedy, max_new_tokens, kv_cache_budget_gb, decode_chunk) are
+    SamplingSettings'."""
+
+    section: ClassVar[str] = "eval"
 
     benchmarks: tuple[str, ...] = tuple(s.name for s in BENCHMARKS)  # any spelling get_benchmark accepts
     n_samples: int | None = None  # None: each benchmark's own N (32 or 4)
     max_new_tokens: int = 31744  # JustRL: max_tokens=31744 (32,768 context minus the prompt budget)
     temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = -1  # -1: off (vLLM's default, as JustRL ran)
+    top_p: float = 0.9  # top_k: -1, off (vLLM's default, as JustRL ran)
     seed: int = 0  # every generate call's seed derives from (seed, benchmark, sample index, problem index)
     batch_size: int = 64  # rows (problem x sample pairs) per generate call: one compiled batch shape
-    kv_cache_budget_gb: float = 0.0  # 0: no limit; above it the sampler runs a call in waves
-    decode_chunk: int = 0  # 0: one cache of prompt + max_new_tokens; C: grow the cache C slots at a time
     prompt_format: PromptFormat = PromptFormat.EVAL
     max_problems: int | None = None  # None: every problem; else the first N of each benchmark (smoke tests)
     bucket_multiple: int = 64  # prompts are left-padded to a multiple of this (few compiled shapes)
     verifier: VerifierConfig = dataclasses.field(default_factory=_robust)
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.benchmarks, str) or not self.benchmarks:
             raise ValueError(f"eval.benchmarks must be a non-empty list of names, got {self.benchmarks!r}")
         names = []
@@ -62,22 +66,12 @@ class EvalConfig:
         object.__setattr__(self, "benchmarks", tuple(names))
         if self.n_samples is not None and (not _is_int(self.n_samples) or self.n_samples < 1):
             raise ValueError(f"eval.n_samples must be None (each benchmark's N) or >= 1, got {self.n_samples!r}")
-        for name in ("max_new_tokens", "batch_size", "bucket_multiple"):
+        for name in ("batch_size", "bucket_multiple"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"eval.{name} must be an integer >= 1, got {value!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"eval.temperature must be > 0, got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"eval.top_p must be in (0, 1], got {self.top_p!r}")
-        if not _is_int(self.top_k) or self.top_k == 0 or self.top_k < -1:
-            raise ValueError(f"eval.top_k must be -1 (off) or >= 1, got {self.top_k!r}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
             raise ValueError(f"eval.seed must be an integer in [0, 2**63), got {self.seed!r}")
-        if not _is_int(self.decode_chunk) or self.decode_chunk < 0:
-            raise ValueError(f"eval.decode_chunk must be an integer >= 0 (0: off), got {self.decode_chunk!r}")
-        if not self.kv_cache_budget_gb >= 0:
-            raise ValueError(f"eval.kv_cache_budget_gb must be >= 0, got {self.kv_cache_budget_gb!r}")
         if not isinstance(self.prompt_format, PromptFormat):
             raise ValueError(
                 f"eval.prompt_format must be one of {[f.value for f in PromptFormat]}, got {self.prompt_format!r}"

@@ -43,10 +43,12 @@ from justrl_jax.evaluation.report import RULE_ONLY_NOTE, EvalReport, score_bench
 from justrl_jax.evaluation.samples import SampleRecord, SampleStore
 from justrl_jax.prompts import PromptExample, PromptFormat, load_examples
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
-from justrl_jax.sampling import strategy_for
+from justrl_jax.sampling_settings import SamplingSettings
 from justrl_jax.verifier import Verifier, VerifierConfig, VerifierMode
 
 log = logging.getLogger(__name__)
+
+VALIDATION_SAMPLING = SamplingSettings(temperature=0.7, top_p=0.9, max_new_tokens=31744)  # JustRL's validation
 
 
 # --- benchmark data ------------------------------------------------------------------------------
@@ -293,13 +295,7 @@ class EvalOutcome:
 
 
 def sampler_config(cfg: EvalConfig) -> SamplerConfig:
-    return SamplerConfig(
-        max_new_tokens=cfg.max_new_tokens,
-        strategy=strategy_for(cfg.temperature, cfg.top_p, cfg.top_k),
-        prompt_bucket=cfg.bucket_multiple,
-        kv_cache_budget_bytes=int(cfg.kv_cache_budget_gb * 2**30) or None,
-        decode_chunk=cfg.decode_chunk,
-    )
+    return cfg.sampler_config(prompt_bucket=cfg.bucket_multiple)
 
 
 def evaluate(
@@ -384,6 +380,7 @@ def _meta(cfg: EvalConfig, benchmark: Benchmark, model_name: str, extra: dict | 
         "n_problems": len(benchmark.examples),
         "n_samples": benchmark.spec.n_samples,
         "max_new_tokens": cfg.max_new_tokens,
+        **({"greedy": True} if cfg.greedy else {}),  # absent when false: older sample files stay resumable
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
         "top_k": cfg.top_k,
@@ -403,28 +400,23 @@ def _meta(cfg: EvalConfig, benchmark: Benchmark, model_name: str, extra: dict | 
 
 
 def validation_eval_config(
+    settings: SamplingSettings = VALIDATION_SAMPLING,
     *,
     benchmarks: Sequence[str] = VALIDATION_BENCHMARKS,
     n_samples: int | None = 32,
-    max_new_tokens: int = 31744,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
     batch_size: int = 64,
-    kv_cache_budget_gb: float = 0.0,
     seed: int = 0,
     grader: str = "robust",
 ) -> EvalConfig:
-    """JustRL's veRL validation as an EvalConfig: the training prompt format (boxed suffix after
-    "\\n\\n"), reward 1/0, scored by ``grader`` (robust, justrl, or math-verify: what veRL used for
-    JustRL's validation curves, so ours line up with the paper's Figure 1)."""
+    """JustRL's veRL validation as an EvalConfig: ``settings`` (T 0.7, top_p 0.9, 31,744 tokens by
+    default), the training prompt format (boxed suffix after "\\n\\n"), reward 1/0, scored by ``grader``
+    (robust, justrl, or math-verify: what veRL used for JustRL's validation curves, so ours line up with
+    the paper's Figure 1)."""
     return EvalConfig(
+        **SamplingSettings.of(settings).as_dict(),
         benchmarks=tuple(benchmarks),
         n_samples=n_samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
         batch_size=batch_size,
-        kv_cache_budget_gb=kv_cache_budget_gb,
         seed=seed,
         prompt_format=PromptFormat.TRAIN,
         verifier=VerifierConfig(mode=VerifierMode(grader), correct_reward=1.0, incorrect_reward=0.0),
@@ -486,14 +478,10 @@ def training_validator(cfg, rollout, graphdef, tokenizer, *, eos_ids: Sequence[i
     which the run already fits.
     """
     rows = max(1, min(rollout.sequences, rollout.sequences * rollout.max_new_tokens // cfg.max_new_tokens))
+    settings = dataclasses.replace(
+        SamplingSettings.of(cfg), kv_cache_budget_gb=cfg.kv_cache_budget_gb or rollout.kv_cache_budget_gb
+    )
     eval_cfg = validation_eval_config(
-        benchmarks=cfg.benchmarks,
-        n_samples=cfg.n_samples,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        batch_size=rows,
-        kv_cache_budget_gb=rollout.kv_cache_budget_gb,
-        grader=cfg.grader,
+        settings, benchmarks=cfg.benchmarks, n_samples=cfg.n_samples, batch_size=rows, grader=cfg.grader
     )
     return Validator(graphdef, tokenizer, eval_cfg, cfg.data_dir, eos_ids=eos_ids, mesh=mesh)
