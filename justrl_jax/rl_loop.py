@@ -151,6 +151,7 @@ class RLRunner:
             compute_dtype=cfg.model.dtype.jnp,
             remat=cfg.train.remat,
         )
+        policy.model.attention = cfg.model.attention  # static, so the graphdef carries it to every step
         self.policy = policy
         self._check_memory(policy.model.config)
         self.tokenizer = AutoTokenizer.from_pretrained(policy.tokenizer_dir)
