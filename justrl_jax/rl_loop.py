@@ -35,6 +35,7 @@ from justrl_jax.data import PromptStream
 from justrl_jax.distributed import barrier
 from justrl_jax.metrics import MetricsWriter
 from justrl_jax.model.source import Policy, load_policy
+from justrl_jax.packing import pack_train_batch
 from justrl_jax.run_config import RunConfig
 from justrl_jax.sampler import Sampler, SamplerConfig
 from justrl_jax.sampling import strategy_for
@@ -362,15 +363,28 @@ class RLRunner:
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), cfg.rollout.samples_per_prompt))
         prompt_ids = np.repeat(batch.prompt_ids, cfg.rollout.samples_per_prompt, axis=0)
         prompt_mask = np.repeat(batch.prompt_mask, cfg.rollout.samples_per_prompt, axis=0)
-        host_batch = build_train_batch(
-            prompt_ids,
-            prompt_mask,
-            completion,
-            completion_mask,
-            advantages,
-            cfg.rollout.length_bucket,
-            int(self.tokenizer.pad_token_id),
-        )
+        if cfg.train.max_tokens_per_row:  # packed rows, micro-batches by token budget
+            host_batch = pack_train_batch(
+                prompt_ids,
+                prompt_mask,
+                completion,
+                completion_mask,
+                advantages,
+                mini_batch_size=cfg.train.mini_batch_size,
+                max_tokens_per_row=cfg.train.max_tokens_per_row,
+                rows_per_micro=cfg.train.rows_per_micro(data_parallel_size(self.mesh)),
+                pad_id=int(self.tokenizer.pad_token_id),
+            )
+        else:
+            host_batch = build_train_batch(
+                prompt_ids,
+                prompt_mask,
+                completion,
+                completion_mask,
+                advantages,
+                cfg.rollout.length_bucket,
+                int(self.tokenizer.pad_token_id),
+            )
         train_batch = _to_global(host_batch, self.mesh, jax.sharding.PartitionSpec("fsdp"))
 
         t = time.perf_counter()
