@@ -42,6 +42,12 @@ class LossAggregation(enum.Enum):
 
     TOKEN_MEAN = "token-mean"  # sum over all valid tokens / number of valid tokens (JustRL)
     SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"  # mean over sequences of each sequence's token mean
+    # verl 0.4.0 under use_dynamic_bsz: token mean inside each micro-batch, scaled by its share of the
+    # mini-batch's sequences (see justrl_jax.verl_dynamic_bsz); for comparing curves with the paper.
+    VERL_DYNAMIC_BSZ = "verl-dynamic-bsz"
+
+
+CLASSIC_AGGREGATIONS = (LossAggregation.TOKEN_MEAN, LossAggregation.SEQ_MEAN_TOKEN_MEAN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,15 +281,25 @@ def _token_terms(logps, old_logps, adv, cfg: LossConfig, entropy, ref_logps) -> 
 
 
 def loss_weights(
-    loss_mask: jnp.ndarray, agg: LossAggregation, segments: jnp.ndarray | None = None
+    loss_mask: jnp.ndarray,
+    agg: LossAggregation,
+    segments: jnp.ndarray | None = None,
+    token_weights: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Per-token weights [B,S] and the count such that objective = sum(weights * token_loss) / count.
 
     ``segments`` [B,S] (packed rows: which sequence of its row each token belongs to, each sequence one
-    contiguous run) makes the per-sequence terms per segment; without it each row is one sequence."""
+    contiguous run) makes the per-sequence terms per segment; without it each row is one sequence.
+    ``token_weights`` ([B] per sequence or [B,S]) are verl-dynamic-bsz's weights, which sum to 1 over a
+    mini-batch: the count is then their sum, so the mini-batch's denominator is 1."""
     mask = loss_mask.astype(jnp.float32)
     if agg is LossAggregation.TOKEN_MEAN:
         return mask, jnp.sum(mask)
+    if agg is LossAggregation.VERL_DYNAMIC_BSZ:
+        if token_weights is None:
+            raise ValueError("loss.agg=verl-dynamic-bsz needs the batch's token_weights (verl_dynamic_bsz)")
+        weights = mask * jnp.broadcast_to(_per_token(token_weights), mask.shape)
+        return weights, jnp.sum(weights)
     if agg is LossAggregation.SEQ_MEAN_TOKEN_MEAN:
         # Sequences without a valid token would be 0/0 in verl; here they are left out of both sums.
         if segments is None:
@@ -321,6 +337,7 @@ def policy_loss(
     entropy: jnp.ndarray | None = None,
     ref_logps: jnp.ndarray | None = None,
     segments: jnp.ndarray | None = None,
+    token_weights: jnp.ndarray | None = None,
 ) -> LossStats:
     """The verl 0.4.0 clipped policy loss of one (micro-)batch, as sums and counts.
 
@@ -338,7 +355,7 @@ def policy_loss(
     mask = loss_mask.astype(jnp.float32)
     adv = _per_token(advantages)
     terms = _token_terms(logps, _masked(old_logps, mask), adv, cfg, entropy, _masked(ref_logps, mask))
-    weights, count = loss_weights(mask, cfg.agg, segments)
+    weights, count = loss_weights(mask, cfg.agg, segments, token_weights)
 
     def tsum(x):
         return jnp.sum(jax.lax.stop_gradient(x) * mask)
@@ -427,6 +444,7 @@ def fused_policy_loss(
     start: int = 0,
     target_index: jnp.ndarray | None = None,
     segments: jnp.ndarray | None = None,
+    token_weights: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, LossStats]:
     """:func:`policy_loss` straight from hidden states, with the unembedding fused into the loss.
 
@@ -445,12 +463,12 @@ def fused_policy_loss(
     if chunk_size < 1:
         raise ValueError(f"logp chunk_size must be >= 1, got {chunk_size}")
     if target_index is not None:
-        packed = (old_logps, advantages, loss_mask, ref_logps, target_index, segments)
+        packed = (old_logps, advantages, loss_mask, ref_logps, target_index, segments, token_weights)
         return _fused_packed(hidden, unembed, tokens, cfg, chunk_size, *packed)
     b, s = tokens.shape
     first = _first_target(start, s)
     mask = loss_mask.astype(jnp.float32).at[:, :first].set(0.0)
-    weights, _ = loss_weights(mask, cfg.agg)
+    weights, _ = loss_weights(mask, cfg.agg, token_weights=token_weights)
     adv = jnp.broadcast_to(_per_token(advantages), (b, s))
     args = {"old": _masked(old_logps, mask), "adv": adv, "w": weights, "ref": _masked(ref_logps, mask)}
 
@@ -464,17 +482,22 @@ def fused_policy_loss(
     pad = ((0, 0), (first, 0))
     logps = jax.lax.stop_gradient(jnp.pad(logp, pad))
     entropy = jax.lax.stop_gradient(jnp.pad(ent, pad))
-    stats = policy_loss(logps, old_logps, advantages, mask, cfg, entropy=entropy, ref_logps=ref_logps)
+    stats = policy_loss(
+        logps, old_logps, advantages, mask, cfg, entropy=entropy, ref_logps=ref_logps, token_weights=token_weights
+    )
     return loss_sum, stats
 
 
-def _fused_packed(hidden, unembed, tokens, cfg, chunk_size, old_logps, advantages, loss_mask, ref_logps, idx, segments):
+def _fused_packed(
+    hidden, unembed, tokens, cfg, chunk_size, old_logps, advantages, loss_mask, ref_logps, idx, segments, tw
+):
     """:func:`fused_policy_loss` on the gathered target positions of packed rows."""
     s = tokens.shape[1]
     at = lambda x: None if x is None else gather_targets(x, idx)  # noqa: E731
     mask = at(loss_mask.astype(jnp.float32)) * (idx < s)
     seg = at(segments)
-    weights, _ = loss_weights(mask, cfg.agg, seg)
+    tw = None if tw is None else at(jnp.broadcast_to(_per_token(tw), tokens.shape))
+    weights, _ = loss_weights(mask, cfg.agg, seg, tw)
     adv = jnp.broadcast_to(_per_token(advantages), tokens.shape)
     args = {"old": _masked(at(old_logps), mask), "adv": at(adv), "w": weights, "ref": _masked(at(ref_logps), mask)}
 
@@ -484,5 +507,7 @@ def _fused_packed(hidden, unembed, tokens, cfg, chunk_size, old_logps, advantage
     h = gather_targets(hidden, idx, shift=1)  # position s - 1 predicts token s
     loss_sum, logp, ent = _fused(token_loss, chunk_size, cfg.entropy_coef != 0, h, unembed, at(tokens), args)
     logp, ent = jax.lax.stop_gradient(logp), jax.lax.stop_gradient(ent)
-    stats = policy_loss(logp, at(old_logps), at(adv), mask, cfg, entropy=ent, ref_logps=at(ref_logps), segments=seg)
+    stats = policy_loss(
+        logp, at(old_logps), at(adv), mask, cfg, entropy=ent, ref_logps=at(ref_logps), segments=seg, token_weights=tw
+    )
     return loss_sum, stats

@@ -89,11 +89,14 @@ def pack_train_batch(
     max_tokens_per_row: int,
     rows_per_micro: int,
     pad_id: int,
+    sequence_weights: np.ndarray | None = None,
 ) -> TrainBatch:
     """The packed :class:`TrainBatch` of a rollout step, as numpy: [k * R, W] rows, k mini-batches.
 
     prompt_ids/prompt_mask [N, P] left-padded; completion_ids/completion_mask [N, T] right-padded;
     advantages [N]. Responses ``[j * mini_batch_size, (j + 1) * mini_batch_size)`` form mini-batch j.
+    sequence_weights [N]: verl-dynamic-bsz's loss weights (:mod:`justrl_jax.verl_dynamic_bsz`), put on
+    each sequence's tokens.
     """
     n = prompt_ids.shape[0]
     if n % mini_batch_size:
@@ -113,6 +116,7 @@ def pack_train_batch(
     segments = np.zeros((k * rows, w), np.int32)
     loss_mask = np.zeros((k * rows, w), np.float32)
     token_adv = np.zeros((k * rows, w), np.float32)
+    token_weights = None if sequence_weights is None else np.zeros((k * rows, w), np.float32)
     for i, ((prompt, response), (row, at, seg)) in enumerate(zip(seqs, placement, strict=True)):
         span = slice(at, at + len(prompt) + len(response))
         tokens[row, span] = np.concatenate([prompt, response])
@@ -120,6 +124,8 @@ def pack_train_batch(
         segments[row, span] = seg
         loss_mask[row, at + len(prompt) : span.stop] = 1.0
         token_adv[row, span] = advantages[i]
+        if token_weights is not None:
+            token_weights[row, span] = sequence_weights[i]
     targets = loss_mask.sum(axis=1).astype(int)
     width = min(w, _TARGET_GRANULE * bucket(-(-int(targets.max(initial=1)) // _TARGET_GRANULE)))
     target_index = np.full((k * rows, width), w, np.int32)  # w: out of range, i.e. no target
@@ -134,4 +140,5 @@ def pack_train_batch(
         advantages=token_adv,
         target_index=target_index,
         mini_batches=k,
+        token_weights=token_weights,
     )

@@ -33,6 +33,7 @@ from justrl_jax.checkpoint import Checkpointer, abstract_like
 from justrl_jax.config_io import dump_yaml, to_dict
 from justrl_jax.data import PromptStream
 from justrl_jax.distributed import barrier
+from justrl_jax.losses import LossAggregation
 from justrl_jax.metrics import MetricsWriter
 from justrl_jax.model.source import Policy, load_policy
 from justrl_jax.packing import pack_train_batch
@@ -49,6 +50,7 @@ from justrl_jax.train_step import (
     state_sharding,
 )
 from justrl_jax.verifier import Verifier
+from justrl_jax.verl_dynamic_bsz import sequence_weights
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +365,15 @@ class RLRunner:
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), cfg.rollout.samples_per_prompt))
         prompt_ids = np.repeat(batch.prompt_ids, cfg.rollout.samples_per_prompt, axis=0)
         prompt_mask = np.repeat(batch.prompt_mask, cfg.rollout.samples_per_prompt, axis=0)
+        weights = None
+        if cfg.train.loss.agg is LossAggregation.VERL_DYNAMIC_BSZ:  # verl's micro-batch weighting
+            weights = sequence_weights(
+                prompt_mask.sum(axis=1) + lengths,
+                lengths,
+                cfg.train.mini_batch_size,
+                data_parallel_size(self.mesh),
+                cfg.train.micro_batch_tokens,
+            )
         if cfg.train.max_tokens_per_row:  # packed rows, micro-batches by token budget
             host_batch = pack_train_batch(
                 prompt_ids,
@@ -374,6 +385,7 @@ class RLRunner:
                 max_tokens_per_row=cfg.train.max_tokens_per_row,
                 rows_per_micro=cfg.train.rows_per_micro(data_parallel_size(self.mesh)),
                 pad_id=int(self.tokenizer.pad_token_id),
+                sequence_weights=weights,
             )
         else:
             host_batch = build_train_batch(
@@ -384,7 +396,7 @@ class RLRunner:
                 advantages,
                 cfg.rollout.length_bucket,
                 int(self.tokenizer.pad_token_id),
-            )
+            ).replace(token_weights=weights)
         train_batch = _to_global(host_batch, self.mesh, jax.sharding.PartitionSpec("fsdp"))
 
         t = time.perf_counter()

@@ -43,7 +43,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from justrl_jax.losses import LossConfig, LossStats, fused_policy_loss, sequence_logps, target_logps
+from justrl_jax.losses import LossAggregation, LossConfig, LossStats, fused_policy_loss, sequence_logps, target_logps
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.optim import OptimConfig, learning_rate_at, make_optimizer, set_learning_rate
 from justrl_jax.sharding import data_parallel_size, replicated
@@ -96,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"train.micro_batch_tokens must be >= 1 or None, got {self.micro_batch_tokens}")
         if self.logp_chunk_size < 1:
             raise ValueError(f"train.logp_chunk_size must be >= 1, got {self.logp_chunk_size}")
+        if self.loss.agg is LossAggregation.VERL_DYNAMIC_BSZ and self.micro_batch_tokens is None:
+            raise ValueError("train.loss.agg=verl-dynamic-bsz forms verl's micro-batches: set train.micro_batch_tokens")
         if self.max_tokens_per_row is not None:
             if self.max_tokens_per_row < 1:
                 raise ValueError(f"train.max_tokens_per_row must be >= 1 or None, got {self.max_tokens_per_row}")
@@ -151,6 +153,8 @@ class TrainBatch:
     sequence of the row), positions restart per sequence, advantages are per token [N,S],
     target_index [N,C] lists each row's target positions (padded with S; only they are unembedded),
     and mini_batches (static) says how many mini-batches the rows form (0: N / train.mini_batch_size).
+    token_weights [N] or [N,S]: the per-sequence weights of ``loss.agg=verl-dynamic-bsz`` (from
+    :func:`justrl_jax.verl_dynamic_bsz.sequence_weights`); None otherwise.
     """
 
     tokens: jax.Array
@@ -163,6 +167,7 @@ class TrainBatch:
     completion_start: int = flax.struct.field(pytree_node=False, default=0)
     target_index: jax.Array | None = None
     mini_batches: int = flax.struct.field(pytree_node=False, default=0)
+    token_weights: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -308,6 +313,8 @@ def _check_batch(batch: TrainBatch, cfg: TrainConfig, need_old: bool) -> tuple[i
             raise ValueError(f"batch.{name} has shape {x.shape}, expected {(n, s)} like batch.tokens")
     if batch.advantages.shape not in ((n,), (n, s)):
         raise ValueError(f"batch.advantages has shape {batch.advantages.shape}, expected {(n,)} or {(n, s)}")
+    if batch.token_weights is not None and batch.token_weights.shape not in ((n,), (n, s)):
+        raise ValueError(f"batch.token_weights has shape {batch.token_weights.shape}, expected {(n,)} or {(n, s)}")
     if batch.target_index is not None and (batch.target_index.ndim != 2 or batch.target_index.shape[0] != n):
         raise ValueError(f"batch.target_index has shape {batch.target_index.shape}, expected ({n}, C)")
     if need_old and batch.old_logps is None:
@@ -386,6 +393,7 @@ def make_train_step(
             start=x.completion_start,
             target_index=x.target_index,
             segments=None if x.target_index is None else x.attn_mask.astype(jnp.int32),
+            token_weights=x.token_weights,
         )
 
     grad_fn = jax.grad(loss_fn, has_aux=True)

@@ -15,6 +15,7 @@ from justrl_jax.optim import OptimConfig
 from justrl_jax.packing import bucket, pack_sequences, pack_train_batch, place_sequences
 from justrl_jax.train_batch import build_train_batch
 from justrl_jax.train_step import TrainConfig, init_train_state, make_compute_logps, make_train_step
+from justrl_jax.verl_dynamic_bsz import sequence_weights
 
 N, P, T, G, W = 8, 5, 9, 4, 16  # responses, prompt slots, completion slots, group size, tokens per row
 CFG = Qwen2Config(
@@ -46,11 +47,19 @@ def _rollout(seed=0):
 
 def _batches(cfg=PACKED):
     ro = _rollout()
-    padded = build_train_batch(*ro, length_bucket=1, pad_id=0)
-    packed = pack_train_batch(
-        *ro, mini_batch_size=cfg.mini_batch_size, max_tokens_per_row=W, rows_per_micro=cfg.rows_per_micro(1), pad_id=0
-    )
     lengths = ro[1].sum(1) + ro[3].sum(1)
+    weights = None
+    if cfg.loss.agg is LossAggregation.VERL_DYNAMIC_BSZ:
+        weights = sequence_weights(lengths, ro[3].sum(1), cfg.mini_batch_size, 1, cfg.micro_batch_tokens)
+    padded = build_train_batch(*ro, length_bucket=1, pad_id=0).replace(token_weights=weights)
+    packed = pack_train_batch(
+        *ro,
+        mini_batch_size=cfg.mini_batch_size,
+        max_tokens_per_row=W,
+        rows_per_micro=cfg.rows_per_micro(1),
+        pad_id=0,
+        sequence_weights=weights,
+    )
     _, placement = place_sequences(lengths, cfg.mini_batch_size, W, cfg.rows_per_micro(1))
     return ro, padded, packed, placement
 
@@ -118,7 +127,7 @@ def _with_old(batch, logps, noise):
 @pytest.mark.parametrize("agg", list(LossAggregation))
 def test_packed_train_step_equals_padded(agg):
     loss = LossConfig(agg=agg)
-    pad_cfg, pack_cfg = (dataclasses.replace(c, loss=loss) for c in (PADDED, PACKED))
+    pad_cfg, pack_cfg = (dataclasses.replace(c, loss=loss, micro_batch_tokens=2 * W) for c in (PADDED, PACKED))
     ro, padded, packed, placement = _batches(pack_cfg)
     graphdef, state = init_train_state(_model(), pad_cfg.optim)
     pad_logps = make_compute_logps(graphdef, pad_cfg, None)(state, padded)
@@ -142,7 +151,7 @@ def test_packed_train_step_equals_padded(agg):
             seg = None if x.target_index is None else jnp.asarray(x.attn_mask)
             total, stats = fused_policy_loss(
                 hidden, model.unembed(), x.tokens, x.old_logps, x.advantages, x.loss_mask, cfg.loss, 4,
-                target_index=x.target_index, segments=seg,
+                target_index=x.target_index, segments=seg, token_weights=x.token_weights,
             )  # fmt: skip
             return total / stats.count
 
