@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from justrl_jax.memory_estimate import DEVICE_MEMORY, advice, plan_memory
+from justrl_jax.memory_estimate import DEVICE_MEMORY, advice, attention_for, plan_memory
 from justrl_jax.sharding import MeshConfig
 
 
@@ -56,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     arch = architecture_of(cfg.model.path)
     r = cfg.rollout
     inputs = cfg.plan_inputs(mesh.fsdp)
-    micro = inputs.micro_batch_sequences
+    rows, width = inputs.micro_batch_shape()
+    micro = f"{rows} packed row(s) of {width} tokens" if inputs.packed_row_tokens else f"{rows} sequence(s)"
+    attention = attention_for(inputs.attention, args.device, inputs.compute_bytes)
     plan = plan_memory(arch, mesh, devices, inputs, device=args.device)
     print(
         f"{args.config} on mesh {mesh} ({devices} x {args.device}), {r.sequences} responses of up to "
-        f"{inputs.prompt_tokens} + {inputs.max_new_tokens} tokens, {micro} sequence(s) per device per micro-batch"
+        f"{inputs.prompt_tokens} + {inputs.max_new_tokens} tokens, {micro} per device per micro-batch, "
+        f"{attention} attention"
     )
     print(plan.table())
     if not plan.fits():
