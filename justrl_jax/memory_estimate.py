@@ -38,6 +38,9 @@ class _MeshShape:
     shape: dict[str, int]
 
 
+_MAY_BE_ZERO = ("sampler_waves", "packed_row_tokens", "micro_batch_tokens", "update_copies")
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanInputs:
     """The workload: JustRL's defaults are 256 prompts x 8 samples, 1,024 + 15,360 tokens."""
@@ -55,13 +58,20 @@ class PlanInputs:
     micro_batch_tokens: int = 0  # packed: tokens per device per micro-batch (0 = one row)
     attention: str = "auto"  # model.attention; auto is resolved by the device (see attention_for)
     attention_block: int = 512  # blockwise attention's block
+    # Decoder layers whose intermediates are live at once in the backward pass: 1 where per-layer remat
+    # bounds them (the assumption for accelerators, not measured here); XLA:CPU keeps every layer's
+    # (measured: its compiled temporaries barely change with remat; scripts/memory_plan_vs_bench.py).
+    live_layers: int = 1
+    # fp32 parameter-sized buffers the optimizer update holds beside the state: new parameters and both
+    # moments (3) where the outputs do not reuse the donated inputs' memory (XLA:CPU), else 0.
+    update_copies: int = 0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             if f.name == "attention":
                 check_implementation(self.attention)
                 continue
-            minimum = 0 if f.name in ("sampler_waves", "packed_row_tokens", "micro_batch_tokens") else 1
+            minimum = 0 if f.name in _MAY_BE_ZERO else 1
             if getattr(self, f.name) < minimum:
                 raise ValueError(f"plan.{f.name} must be >= {minimum}, got {getattr(self, f.name)}")
         if self.packed_row_tokens and self.micro_batch_tokens and self.micro_batch_tokens < self.packed_row_tokens:
@@ -187,8 +197,8 @@ def plan_memory(
     kv = math.ceil(seqs_total / waves) * per_seq
 
     # Activations of one micro-batch (rows x w tokens on this device): remat keeps each layer's input;
-    # one layer is live at a time (its MLP hidden and the attention's working set), plus one chunk of
-    # fp32 logits per row.
+    # live_layers layers are live at a time (MLP hidden and the attention's working set, with their
+    # gradients), plus one chunk of fp32 logits per row (and the update's buffers, see PlanInputs).
     rows, w = inputs.micro_batch_shape()
     t = rows * w
     heads = config.num_heads // tensor if config.num_heads % tensor == 0 else config.num_heads
@@ -205,7 +215,8 @@ def plan_memory(
         attention = rows * heads * w * 4
     vocab = config.vocab_size // tensor if config.vocab_size % tensor == 0 else config.vocab_size
     logits = rows * min(inputs.logp_chunk_tokens, w) * vocab * 4 * 3
-    activations = saved + layer + attention + logits
+    live = min(inputs.live_layers, config.num_layers) * (2 * layer + attention)  # forward values and gradients
+    activations = saved + live + logits + inputs.update_copies * fp32_params
     return MemoryPlan(
         params_per_device=params,
         grads_per_device=fp32_params,

@@ -7,7 +7,8 @@ Each log is the combined output of::
 
 The process holds the parameters and the AdamW moments before its first step (``pre_step_rss_gib=``), so
 the step's own cost is the maximum resident set size minus that; the plan's counterpart is its training
-peak minus the same two items, i.e. gradients + activations of one micro-batch.
+peak minus the same two items, i.e. gradients + activations of one micro-batch, planned for XLA:CPU
+(every layer's intermediates live, the update's outputs beside the state; see PlanInputs).
 
 Usage::
 
@@ -53,6 +54,8 @@ def compare(log: str) -> tuple[str, int, float, float]:
         logp_chunk_tokens=chunk,
         attention=impl,
         sampler_waves=1,
+        live_layers=BENCH_MODEL.num_layers,  # XLA:CPU's live set (see PlanInputs.live_layers)
+        update_copies=3,
     )
     plan = plan_memory(BENCH_MODEL, MeshConfig(1, 1), 1, inputs)
     estimate = (plan.grads_per_device + plan.activations_per_device) / GIB
