@@ -42,6 +42,12 @@ class LossAggregation(enum.Enum):
 
     TOKEN_MEAN = "token-mean"  # sum over all valid tokens / number of valid tokens (JustRL)
     SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"  # mean over sequences of each sequence's token mean
+    # verl 0.4.0 under use_dynamic_bsz: token mean inside each micro-batch, scaled by its share of the
+    # mini-batch's sequences (see justrl_jax.verl_dynamic_bsz); for comparing curves with the paper.
+    VERL_DYNAMIC_BSZ = "verl-dynamic-bsz"
+
+
+CLASSIC_AGGREGATIONS = (LossAggregation.TOKEN_MEAN, LossAggregation.SEQ_MEAN_TOKEN_MEAN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +168,31 @@ def sequence_logps(
     return jnp.pad(logp, pad), jnp.pad(ent, pad)
 
 
+def gather_targets(x: jnp.ndarray, target_index: jnp.ndarray, shift: int = 0) -> jnp.ndarray:
+    """x [B,S,...] at the positions ``target_index - shift`` [B,C] -> [B,C,...]. Padding entries of
+    ``target_index`` (== S) read a clamped position; their mask is 0 wherever they are used."""
+    idx = jnp.clip(target_index - shift, 0, x.shape[1] - 1)
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def scatter_targets(values: jnp.ndarray, target_index: jnp.ndarray, seq_len: int) -> jnp.ndarray:
+    """Inverse of :func:`gather_targets` for [B,C] values: [B,S] with zeros off the targets."""
+    rows = jnp.arange(values.shape[0])[:, None]
+    return jnp.zeros((values.shape[0], seq_len), values.dtype).at[rows, target_index].set(values, mode="drop")
+
+
+def target_logps(
+    hidden: jnp.ndarray, unembed: jnp.ndarray, tokens: jnp.ndarray, target_index: jnp.ndarray, chunk_size: int
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """:func:`sequence_logps` of packed rows, computed only at ``target_index`` [B,C] (the response tokens;
+    position s - 1 predicts token s): -> (logps [B,S], entropy [B,S]), 0 off the targets."""
+    s = tokens.shape[1]
+    h = gather_targets(hidden, target_index, shift=1)
+    logp, ent = chunked_logps(h, unembed, gather_targets(tokens, target_index), chunk_size)
+    return scatter_targets(logp, target_index, s), scatter_targets(ent, target_index, s)
+
+
 # --- the loss ------------------------------------------------------------------------------------
 
 
@@ -250,16 +281,46 @@ def _token_terms(logps, old_logps, adv, cfg: LossConfig, entropy, ref_logps) -> 
     )
 
 
-def loss_weights(loss_mask: jnp.ndarray, agg: LossAggregation) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per-token weights [B,S] and the count such that objective = sum(weights * token_loss) / count."""
+def loss_weights(
+    loss_mask: jnp.ndarray,
+    agg: LossAggregation,
+    segments: jnp.ndarray | None = None,
+    token_weights: jnp.ndarray | None = None,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-token weights [B,S] and the count such that objective = sum(weights * token_loss) / count.
+
+    ``segments`` [B,S] (packed rows: which sequence of its row each token belongs to, each sequence one
+    contiguous run) makes the per-sequence terms per segment; without it each row is one sequence.
+    ``token_weights`` ([B] per sequence or [B,S]) are verl-dynamic-bsz's weights, which sum to 1 over a
+    mini-batch: the count is then their sum, so the mini-batch's denominator is 1."""
     mask = loss_mask.astype(jnp.float32)
-    per_seq = jnp.sum(mask, axis=1, keepdims=True)  # [B,1]
     if agg is LossAggregation.TOKEN_MEAN:
-        return mask, jnp.sum(per_seq)
+        return mask, jnp.sum(mask)
+    if agg is LossAggregation.VERL_DYNAMIC_BSZ:
+        if token_weights is None:
+            raise ValueError("loss.agg=verl-dynamic-bsz needs the batch's token_weights (verl_dynamic_bsz)")
+        weights = mask * jnp.broadcast_to(_per_token(token_weights), mask.shape)
+        return weights, jnp.sum(weights)
     if agg is LossAggregation.SEQ_MEAN_TOKEN_MEAN:
         # Sequences without a valid token would be 0/0 in verl; here they are left out of both sums.
-        return mask / jnp.maximum(per_seq, 1.0), jnp.sum((per_seq > 0).astype(jnp.float32))
+        if segments is None:
+            per_seq = jnp.sum(mask, axis=1, keepdims=True)  # [B,1]
+            return mask / jnp.maximum(per_seq, 1.0), jnp.sum((per_seq > 0).astype(jnp.float32))
+        # A sequence's tokens are one run of equal segment ids (also after gathering its targets), so
+        # runs number the sequences of a row with ids < S.
+        b, s = mask.shape
+        runs = jnp.cumsum(jnp.concatenate([jnp.zeros((b, 1), bool), segments[:, 1:] != segments[:, :-1]], 1), 1)
+        flat = (jnp.arange(b)[:, None] * s + runs).reshape(-1)  # one id per (row, sequence)
+        totals = jax.ops.segment_sum(mask.reshape(-1), flat, num_segments=b * s)
+        per_seq = totals[flat].reshape(b, s)
+        return mask / jnp.maximum(per_seq, 1.0), jnp.sum((totals > 0).astype(jnp.float32))
     raise ValueError(f"unknown loss aggregation {agg}")  # pragma: no cover - the enum is closed
+
+
+def _per_token(advantages: jnp.ndarray) -> jnp.ndarray:
+    """[B] (one per sequence) -> [B,1], broadcasting over the tokens; [B,S] (per token) as it is."""
+    adv = advantages.astype(jnp.float32)
+    return adv[:, None] if adv.ndim == 1 else adv
 
 
 def _masked(x: jnp.ndarray | None, mask: jnp.ndarray) -> jnp.ndarray | None:
@@ -276,11 +337,14 @@ def policy_loss(
     *,
     entropy: jnp.ndarray | None = None,
     ref_logps: jnp.ndarray | None = None,
+    segments: jnp.ndarray | None = None,
+    token_weights: jnp.ndarray | None = None,
 ) -> LossStats:
     """The verl 0.4.0 clipped policy loss of one (micro-)batch, as sums and counts.
 
     logps, old_logps, loss_mask [B,S] (token-aligned, see the module docstring); advantages [B] (one per
-    sequence, broadcast over its tokens); entropy [B,S] is needed when ``cfg.entropy_coef > 0`` and is
+    sequence, broadcast over its tokens) or [B,S] per token (packed rows, whose ``segments`` [B,S] then
+    tell the sequences apart for per-sequence aggregation); entropy [B,S] is needed when ``cfg.entropy_coef > 0`` and is
     otherwise only summed as a metric; ref_logps [B,S] is needed when ``cfg.kl_coef > 0``.
 
     Per token, with r = exp(logp - old_logp) and A the advantage:
@@ -290,9 +354,9 @@ def policy_loss(
         token loss = L - entropy_coef * entropy + kl_coef * k3(logp, ref_logp)
     """
     mask = loss_mask.astype(jnp.float32)
-    adv = advantages.astype(jnp.float32)[:, None]  # [B,1]
+    adv = _per_token(advantages)
     terms = _token_terms(logps, _masked(old_logps, mask), adv, cfg, entropy, _masked(ref_logps, mask))
-    weights, count = loss_weights(mask, cfg.agg)
+    weights, count = loss_weights(mask, cfg.agg, segments, token_weights)
 
     def tsum(x):
         return jnp.sum(jax.lax.stop_gradient(x) * mask)
@@ -379,6 +443,9 @@ def fused_policy_loss(
     *,
     ref_logps: jnp.ndarray | None = None,
     start: int = 0,
+    target_index: jnp.ndarray | None = None,
+    segments: jnp.ndarray | None = None,
+    token_weights: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, LossStats]:
     """:func:`policy_loss` straight from hidden states, with the unembedding fused into the loss.
 
@@ -390,14 +457,20 @@ def fused_policy_loss(
     checkpointed :func:`chunked_logps`, the ``[tokens x D x V]`` logits matmul is not recomputed in
     the backward pass (3 such matmuls per token instead of 4). Tokens before ``start`` (the prompt) are
     not scored and must not be in ``loss_mask`` (they are masked out).
+
+    Packed rows pass ``target_index`` [B,C] (the positions of their response tokens, padded with S) and
+    ``segments`` [B,S]: only those C positions per row are unembedded, and ``advantages`` is [B,S].
     """
     if chunk_size < 1:
         raise ValueError(f"logp chunk_size must be >= 1, got {chunk_size}")
+    if target_index is not None:
+        packed = (old_logps, advantages, loss_mask, ref_logps, target_index, segments, token_weights)
+        return _fused_packed(hidden, unembed, tokens, cfg, chunk_size, *packed)
     b, s = tokens.shape
     first = _first_target(start, s)
     mask = loss_mask.astype(jnp.float32).at[:, :first].set(0.0)
-    weights, _ = loss_weights(mask, cfg.agg)
-    adv = jnp.broadcast_to(advantages.astype(jnp.float32)[:, None], (b, s))
+    weights, _ = loss_weights(mask, cfg.agg, token_weights=token_weights)
+    adv = jnp.broadcast_to(_per_token(advantages), (b, s))
     args = {"old": _masked(old_logps, mask), "adv": adv, "w": weights, "ref": _masked(ref_logps, mask)}
 
     def token_loss(logp, ent, a):
@@ -410,5 +483,32 @@ def fused_policy_loss(
     pad = ((0, 0), (first, 0))
     logps = jax.lax.stop_gradient(jnp.pad(logp, pad))
     entropy = jax.lax.stop_gradient(jnp.pad(ent, pad))
-    stats = policy_loss(logps, old_logps, advantages, mask, cfg, entropy=entropy, ref_logps=ref_logps)
+    stats = policy_loss(
+        logps, old_logps, advantages, mask, cfg, entropy=entropy, ref_logps=ref_logps, token_weights=token_weights
+    )
+    return loss_sum, stats
+
+
+def _fused_packed(
+    hidden, unembed, tokens, cfg, chunk_size, old_logps, advantages, loss_mask, ref_logps, idx, segments, tw
+):
+    """:func:`fused_policy_loss` on the gathered target positions of packed rows."""
+    s = tokens.shape[1]
+    at = lambda x: None if x is None else gather_targets(x, idx)  # noqa: E731
+    mask = at(loss_mask.astype(jnp.float32)) * (idx < s)
+    seg = at(segments)
+    tw = None if tw is None else at(jnp.broadcast_to(_per_token(tw), tokens.shape))
+    weights, _ = loss_weights(mask, cfg.agg, seg, tw)
+    adv = jnp.broadcast_to(_per_token(advantages), tokens.shape)
+    args = {"old": _masked(at(old_logps), mask), "adv": at(adv), "w": weights, "ref": _masked(at(ref_logps), mask)}
+
+    def token_loss(logp, ent, a):
+        return a["w"] * _token_terms(logp, a["old"], a["adv"], cfg, ent, a["ref"]).total
+
+    h = gather_targets(hidden, idx, shift=1)  # position s - 1 predicts token s
+    loss_sum, logp, ent = _fused(token_loss, chunk_size, cfg.entropy_coef != 0, h, unembed, at(tokens), args)
+    logp, ent = jax.lax.stop_gradient(logp), jax.lax.stop_gradient(ent)
+    stats = policy_loss(
+        logp, at(old_logps), at(adv), mask, cfg, entropy=ent, ref_logps=at(ref_logps), segments=seg, token_weights=tw
+    )
     return loss_sum, stats

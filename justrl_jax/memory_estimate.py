@@ -17,6 +17,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
+from justrl_jax.model.attention import check_implementation
 from justrl_jax.model.construct import abstract_model
 from justrl_jax.model.qwen2 import Qwen2Config
 from justrl_jax.sharding import MeshConfig, logical_spec
@@ -43,6 +44,9 @@ class _MeshShape:
     shape: dict[str, int]
 
 
+_MAY_BE_ZERO = ("sampler_waves", "packed_row_tokens", "micro_batch_tokens", "update_copies")
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanInputs:
     """The workload: JustRL's defaults are 256 prompts x 8 samples, 1,024 + 15,360 tokens."""
@@ -56,12 +60,55 @@ class PlanInputs:
     param_bytes: int = 4  # fp32 master weights
     logp_chunk_tokens: int = 1024  # sequence chunk for logprobs/entropy
     sampler_waves: int = 0  # generation split into this many waves; 0 = as few as fit the device
+    packed_row_tokens: int = 0  # train.max_tokens_per_row; 0 = the padded layout (one sequence a row)
+    micro_batch_tokens: int = 0  # packed: tokens per device per micro-batch (0 = one row)
+    attention: str = "auto"  # model.attention; auto is resolved by the device (see attention_for)
+    attention_block: int = 512  # blockwise attention's block
+    # Decoder layers whose intermediates are live at once in the backward pass: 1 where per-layer remat
+    # bounds them (the assumption for accelerators, not measured here); XLA:CPU keeps every layer's
+    # (measured: its compiled temporaries barely change with remat; scripts/memory_plan_vs_bench.py).
+    live_layers: int = 1
+    # fp32 parameter-sized buffers the optimizer update holds beside the state: new parameters and both
+    # moments (3) where the outputs do not reuse the donated inputs' memory (XLA:CPU), else 0.
+    update_copies: int = 0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            minimum = 0 if f.name == "sampler_waves" else 1
+            if f.name == "attention":
+                check_implementation(self.attention)
+                continue
+            minimum = 0 if f.name in _MAY_BE_ZERO else 1
             if getattr(self, f.name) < minimum:
                 raise ValueError(f"plan.{f.name} must be >= {minimum}, got {getattr(self, f.name)}")
+        if self.packed_row_tokens and self.micro_batch_tokens and self.micro_batch_tokens < self.packed_row_tokens:
+            raise ValueError(
+                f"plan.micro_batch_tokens ({self.micro_batch_tokens}) is below one packed row "
+                f"({self.packed_row_tokens})"
+            )
+
+    def micro_batch_shape(self) -> tuple[int, int]:
+        """(rows, tokens per row) of one micro-batch on one device."""
+        if self.packed_row_tokens:
+            return max(1, self.micro_batch_tokens // self.packed_row_tokens), self.packed_row_tokens
+        return self.micro_batch_sequences, self.prompt_tokens + self.max_new_tokens
+
+
+def attention_for(name: str, device: str | None, compute_bytes: int) -> str:
+    """The implementation ``model.attention`` stands for on ``device`` (None: this CPU), as the model picks."""
+    if name != "auto":
+        return name
+    if device is not None and device.startswith("tpu"):
+        return "splash"
+    if device is not None and compute_bytes == 2:
+        return "cudnn"
+    return "blockwise"
+
+
+# Live fp32 [heads, T, S] (or [heads, T, block]) arrays at the attention's peak in the backward pass
+# (scores, probabilities, their gradients and masks), measured on the bench model (see
+# scripts/memory_plan_vs_bench.py).
+_XLA_SCORE_COPIES = 4
+_BLOCK_TILE_COPIES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,17 +202,27 @@ def plan_memory(
             waves = max(1, math.ceil(seqs_total * per_seq / room)) if room > per_seq else seqs_total
     kv = math.ceil(seqs_total / waves) * per_seq
 
-    # Activations of one micro-batch: remat keeps each layer's input; one layer is live at a time
-    # (its MLP hidden and attention probabilities dominate), plus one chunk of fp32 logits.
-    t = inputs.micro_batch_sequences * slots
+    # Activations of one micro-batch (rows x w tokens on this device): remat keeps each layer's input;
+    # live_layers layers are live at a time (MLP hidden and the attention's working set, with their
+    # gradients), plus one chunk of fp32 logits per row (and the update's buffers, see PlanInputs).
+    rows, w = inputs.micro_batch_shape()
+    t = rows * w
     heads = config.num_heads // tensor if config.num_heads % tensor == 0 else config.num_heads
     mlp = config.intermediate_size // tensor if config.intermediate_size % tensor == 0 else config.intermediate_size
     saved = config.num_layers * t * config.hidden_size * inputs.compute_bytes
     layer = t * (4 * config.hidden_size + 3 * mlp) * inputs.compute_bytes
-    attention = inputs.micro_batch_sequences * heads * slots * slots * 4  # fp32 scores
+    impl = attention_for(inputs.attention, device, inputs.compute_bytes)
+    if impl == "xla":  # fp32 scores over the whole row
+        attention = rows * heads * w * w * 4 * _XLA_SCORE_COPIES
+    elif impl == "blockwise":  # fp32 tiles of one query block against one key block
+        block = min(inputs.attention_block, w)
+        attention = rows * heads * block * block * 4 * _BLOCK_TILE_COPIES
+    else:  # fused kernels: tiles in on-chip memory; the log-sum-exp per query stays
+        attention = rows * heads * w * 4
     vocab = config.vocab_size // tensor if config.vocab_size % tensor == 0 else config.vocab_size
-    logits = inputs.micro_batch_sequences * inputs.logp_chunk_tokens * vocab * 4 * 3
-    activations = saved + layer + attention + logits
+    logits = rows * min(inputs.logp_chunk_tokens, w) * vocab * 4 * 3
+    live = min(inputs.live_layers, config.num_layers) * (2 * layer + attention)  # forward values and gradients
+    activations = saved + live + logits + inputs.update_copies * fp32_params
     return MemoryPlan(
         params_per_device=params,
         grads_per_device=fp32_params,
@@ -184,7 +241,10 @@ def advice(plan: MemoryPlan, inputs: PlanInputs, mesh: MeshConfig) -> str:
         "the KV cache: lower rollout.max_new_tokens or the rollout batch, or use more fsdp devices": (
             plan.kv_cache_per_device
         ),
-        "activations: lower train.micro_batch_size or the maximum lengths": plan.activations_per_device,
+        (
+            "activations: lower train.micro_batch_tokens / train.max_tokens_per_row (packed) or "
+            "train.micro_batch_size, use a memory-linear model.attention, or lower the maximum lengths"
+        ): plan.activations_per_device,
         "parameters/optimizer state: shard over more devices (a larger --mesh)": plan.params_per_device
         + plan.grads_per_device
         + plan.optimizer_per_device,

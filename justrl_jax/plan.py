@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from justrl_jax.console import quiet_start
-from justrl_jax.memory_estimate import DEVICE_MEMORY, advice, plan_memory
+from justrl_jax.memory_estimate import DEVICE_MEMORY, advice, attention_for, plan_memory
 from justrl_jax.sharding import MeshConfig
 
 
@@ -62,11 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     r = cfg.rollout
     inputs = cfg.plan_inputs(mesh.fsdp)
-    micro = inputs.micro_batch_sequences
+    rows, width = inputs.micro_batch_shape()
+    micro = f"{rows} packed row(s) of {width} tokens" if inputs.packed_row_tokens else f"{rows} sequence(s)"
+    attention = attention_for(inputs.attention, args.device, inputs.compute_bytes)
     plan = plan_memory(arch, mesh, devices, inputs, device=args.device)
     print(
         f"{args.config} on mesh {mesh} ({devices} x {args.device}), {r.sequences} responses of up to "
-        f"{inputs.prompt_tokens} + {inputs.max_new_tokens} tokens, {micro} sequence(s) per device per micro-batch"
+        f"{inputs.prompt_tokens} + {inputs.max_new_tokens} tokens, {micro} per device per micro-batch, "
+        f"{attention} attention"
     )
     print(plan.table())
     if not plan.fits():

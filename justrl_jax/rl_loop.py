@@ -38,8 +38,8 @@ from justrl_jax.model.source import Policy, load_policy
 from justrl_jax.preemption import StopRequest
 from justrl_jax.run_config import RunConfig, check_against_mesh
 from justrl_jax.sampler import FinishReason, Sampler
-from justrl_jax.sharding import MeshConfig, make_mesh
-from justrl_jax.train_batch import build_train_batch, logprob_gap
+from justrl_jax.sharding import MeshConfig, data_parallel_size, make_mesh
+from justrl_jax.train_batch import logprob_gap, rollout_train_batch
 from justrl_jax.train_step import init_train_state, make_compute_logps, make_train_step, state_sharding
 from justrl_jax.verifier import Verifier
 
@@ -90,6 +90,7 @@ class RLRunner:
             compute_dtype=cfg.model.dtype.jnp,
             remat=cfg.train.remat,
         )
+        self.policy.model.attention = cfg.model.attention  # static, so the graphdef carries it to every step
         check_device_memory(self.policy.model.config, self.mesh, cfg.plan_inputs)
         self.tokenizer = AutoTokenizer.from_pretrained(self.policy.tokenizer_dir)
         self.stream = PromptStream(self.data_cfg, self.tokenizer)
@@ -182,20 +183,19 @@ class RLRunner:
             verdicts = self.verifier.verify(texts, golds, response_lengths=rollout.lengths.tolist())
             rewards = np.asarray([v.reward for v in verdicts], np.float32)
 
-        host_batch = build_train_batch(
-            rollout.prompt_ids,
-            rollout.prompt_mask,
-            rollout.completion_ids,
-            rollout.completion_mask,
+        host_batch = rollout_train_batch(
+            rollout,
             group_advantages(rewards, g),  # host numpy: every host computes the same
-            cfg.rollout.length_bucket,
-            int(self.tokenizer.pad_token_id),
+            cfg.train,
+            length_bucket=cfg.rollout.length_bucket,
+            dp=data_parallel_size(self.mesh),
+            pad_id=int(self.tokenizer.pad_token_id),
         )
         train_batch = to_global(host_batch, self.mesh)
         with timer("old_logps"):
             old = self.compute_logps(self.state, train_batch, self.ref_params)
+            gap = logprob_gap(train_batch.old_logps, old.logps, train_batch.loss_mask)
             train_batch = train_batch.replace(old_logps=old.logps, ref_logps=old.ref_logps)
-            gap = logprob_gap(rollout.logprobs, old.logps, train_batch.loss_mask, rollout.prompt_ids.shape[1])
         with timer("update"):
             self.state, tm = self.train_step(self.state, train_batch)
             tm = jax.device_get(tm)

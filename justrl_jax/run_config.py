@@ -16,6 +16,7 @@ from justrl_jax.checkpoint import CheckpointConfig
 from justrl_jax.config_io import ConfigError, apply_overrides, from_dict, load_yaml
 from justrl_jax.data import DataConfig
 from justrl_jax.demo import DemoConfig
+from justrl_jax.model.attention import check_implementation
 from justrl_jax.sampling_settings import SamplingSettings
 from justrl_jax.train_step import TrainConfig
 from justrl_jax.verifier import VerifierConfig
@@ -41,11 +42,17 @@ class ModelConfig:
     path: HF directory, hub id, run directory or checkpoint step (filled in by the demo when empty).
     dtype: compute dtype (bfloat16 on accelerators, as the recipe's FSDP mixed precision).
     param_dtype: master weights (float32, as the recipe).
+    attention: full-sequence attention (training and prefill): auto | xla | blockwise | splash | cudnn
+        (see :mod:`justrl_jax.model.attention`; auto = splash on TPU, cudnn on GPU, blockwise on CPU).
     """
 
     path: str = ""
     dtype: DType = DType.FLOAT32
     param_dtype: DType = DType.FLOAT32
+    attention: str = "auto"
+
+    def __post_init__(self):
+        check_implementation(self.attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +190,9 @@ class RunConfig:
             kv_cache_bytes_per_value=itemsize,
             logp_chunk_tokens=self.train.logp_chunk_size,
             sampler_waves=sampler_waves,
+            packed_row_tokens=self.train.max_tokens_per_row or 0,
+            micro_batch_tokens=(self.train.micro_batch_tokens or 0) if self.train.max_tokens_per_row else 0,
+            attention=self.model.attention,
         )
 
 

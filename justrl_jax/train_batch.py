@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from justrl_jax.global_arrays import to_host
+from justrl_jax.losses import LossAggregation
+from justrl_jax.packing import pack_train_batch
 from justrl_jax.train_step import TrainBatch
+from justrl_jax.verl_dynamic_bsz import sequence_weights
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -47,15 +49,61 @@ def build_train_batch(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("prompt_width",))
-def logprob_gap(sampler_logps: jax.Array, batch_logps: jax.Array, loss_mask: jax.Array, prompt_width: int):
+@jax.jit
+def logprob_gap(sampler_logps: jax.Array, batch_logps: jax.Array, loss_mask: jax.Array):
     """max |sampler log-prob - trainer log-prob| over the response tokens, on device: the first alarm of a
     sampler/trainer mismatch (it should be ~1e-6 at temperature 1 in fp32; 0 when there is no token).
 
-    sampler_logps [N, T] (``Rollout.logprobs``); batch_logps, loss_mask [N, P + T'] laid out as
-    :func:`build_train_batch` lays out the batch (P = ``prompt_width``, T' <= T).
+    All three are laid out like the batch ([N, P + T'] padded or [rows, W] packed): the sampler's are
+    the ``old_logps`` that :func:`rollout_train_batch` put there.
     """
-    trainer = batch_logps[:, prompt_width:]
-    sampler = sampler_logps[:, : trainer.shape[1]]
-    gap = jnp.where(loss_mask[:, prompt_width:] > 0, jnp.abs(sampler - trainer), 0.0)
+    gap = jnp.where(loss_mask > 0, jnp.abs(sampler_logps - batch_logps), 0.0)
     return jnp.max(gap, initial=0.0)
+
+
+def rollout_train_batch(
+    rollout, advantages: np.ndarray, cfg, *, length_bucket: int, dp: int, pad_id: int
+) -> TrainBatch:
+    """The trainer's host batch of a rollout step (``cfg`` is the run's ``train`` section).
+
+    Packed rows (:mod:`justrl_jax.packing`) when ``train.max_tokens_per_row`` is set, else padded rows
+    (:func:`build_train_batch`); with ``loss.agg: verl-dynamic-bsz`` the per-sequence weights of verl's
+    micro-batches. When the rollout carries the sampler's log-probs they ride in ``old_logps``, laid
+    out like the batch, until the trainer recomputes them (compare with :func:`logprob_gap`).
+    """
+    lengths = rollout.lengths
+    prompt_lengths = rollout.prompt_mask.sum(axis=1)
+    weights = None
+    if cfg.loss.agg is LossAggregation.VERL_DYNAMIC_BSZ:
+        weights = sequence_weights(prompt_lengths + lengths, lengths, cfg.mini_batch_size, dp, cfg.micro_batch_tokens)
+    sampler = None if rollout.logprobs is None else np.asarray(to_host(rollout.logprobs), np.float32)
+    if cfg.max_tokens_per_row:  # packed rows, micro-batches by token budget
+        return pack_train_batch(
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.completion_ids,
+            rollout.completion_mask,
+            advantages,
+            mini_batch_size=cfg.mini_batch_size,
+            max_tokens_per_row=cfg.max_tokens_per_row,
+            rows_per_micro=cfg.rows_per_micro(dp),
+            pad_id=pad_id,
+            sequence_weights=weights,
+            completion_logps=sampler,
+        )
+    batch = build_train_batch(
+        rollout.prompt_ids,
+        rollout.prompt_mask,
+        rollout.completion_ids,
+        rollout.completion_mask,
+        advantages,
+        length_bucket,
+        pad_id,
+    ).replace(token_weights=weights)
+    if sampler is not None:
+        n, p = rollout.prompt_ids.shape
+        t = batch.tokens.shape[1] - p
+        laid = np.zeros(batch.tokens.shape, np.float32)
+        laid[:, p:] = sampler[:, :t]
+        batch = batch.replace(old_logps=laid)
+    return batch

@@ -43,7 +43,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from justrl_jax.losses import LossConfig, LossStats, fused_policy_loss, sequence_logps
+from justrl_jax.losses import LossAggregation, LossConfig, LossStats, fused_policy_loss, sequence_logps, target_logps
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.optim import OptimConfig, learning_rate_at, make_optimizer, set_learning_rate
 from justrl_jax.sharding import data_parallel_size, mesh_axis_of, replicated
@@ -57,10 +57,13 @@ class TrainConfig:
 
     mini_batch_size: responses per optimizer step (JustRL: 512, i.e. 64 prompts x 8).
     micro_batch_size: responses per forward/backward pass inside a mini-batch (global, over all devices;
-        a multiple of the fsdp mesh size). Only memory depends on it, not the result.
+        a multiple of the fsdp mesh size). Only memory depends on it, not the result. Unused when packing.
     micro_batch_tokens: optional cap on padded tokens per device per micro-batch (verl:
         ppo_max_token_len_per_gpu = 32768); the micro-batch is then the largest divisor of the mini-batch
-        within both limits that splits evenly over the data-parallel devices.
+        within both limits that splits evenly over the data-parallel devices. With packing, the token
+        budget alone forms the micro-batches: micro_batch_tokens // max_tokens_per_row rows per device.
+    max_tokens_per_row: pack responses with their prompts into rows of this many tokens
+        (:mod:`justrl_jax.packing`); None trains on the padded layout (one response per row).
     logp_chunk_size: sequence positions per chunk of fp32 logits: one [micro-batch / device, chunk, V]
         fp32 block is alive at a time (memory vs. per-chunk overhead).
     remat: rematerialise each decoder layer in the backward pass (JustRL: gradient checkpointing on).
@@ -71,6 +74,7 @@ class TrainConfig:
     mini_batch_size: int = 512
     micro_batch_size: int = 32
     micro_batch_tokens: int | None = None
+    max_tokens_per_row: int | None = None
     logp_chunk_size: int = 512
     remat: bool = True
 
@@ -92,6 +96,31 @@ class TrainConfig:
             raise ValueError(f"train.micro_batch_tokens must be >= 1 or None, got {self.micro_batch_tokens}")
         if self.logp_chunk_size < 1:
             raise ValueError(f"train.logp_chunk_size must be >= 1, got {self.logp_chunk_size}")
+        if self.loss.agg is LossAggregation.VERL_DYNAMIC_BSZ and self.micro_batch_tokens is None:
+            raise ValueError("train.loss.agg=verl-dynamic-bsz forms verl's micro-batches: set train.micro_batch_tokens")
+        if self.max_tokens_per_row is not None:
+            if self.max_tokens_per_row < 1:
+                raise ValueError(f"train.max_tokens_per_row must be >= 1 or None, got {self.max_tokens_per_row}")
+            if self.micro_batch_tokens is not None and self.micro_batch_tokens < self.max_tokens_per_row:
+                raise ValueError(
+                    f"train.micro_batch_tokens ({self.micro_batch_tokens}) must hold at least one packed row "
+                    f"of train.max_tokens_per_row ({self.max_tokens_per_row})"
+                )
+
+    def rows_per_micro(self, dp: int) -> int:
+        """Packed rows per micro-batch over ``dp`` data-parallel devices: the token budget per device."""
+        if self.max_tokens_per_row is None:
+            raise ValueError("train.max_tokens_per_row is not set: the batch is not packed")
+        return dp * ((self.micro_batch_tokens or self.max_tokens_per_row) // self.max_tokens_per_row)
+
+    def micro_rows(self, rows: int, seq_len: int, dp: int, packed: bool) -> int:
+        """Rows per micro-batch: packed rows by the token budget alone, padded rows by :meth:`micro_batch_for`."""
+        if not (packed and self.max_tokens_per_row):
+            return self.micro_batch_for(rows, seq_len, dp)
+        m = self.rows_per_micro(dp)
+        if rows % m:
+            raise ValueError(f"{rows} packed rows do not split into micro-batches of {m} rows (pack with this config)")
+        return m
 
     def micro_batch_for(self, batch_size: int, seq_len: int, dp: int) -> int:
         """The micro-batch size for splitting ``batch_size`` sequences of ``seq_len`` over ``dp`` shards:
@@ -119,6 +148,13 @@ class TrainBatch:
     :func:`make_compute_logps`; None until then); ref_logps [N,S], only for a KL term.
     completion_start (static): the first column that can hold a target, i.e. the prompt width P. The
     prompt's log-probs are then neither computed nor trained on (they are 0); 0 scores every token.
+
+    Packed rows (:mod:`justrl_jax.packing`): attn_mask holds segment ids (0 = padding, one id per
+    sequence of the row), positions restart per sequence, advantages are per token [N,S],
+    target_index [N,C] lists each row's target positions (padded with S; only they are unembedded),
+    and mini_batches (static) says how many mini-batches the rows form (0: N / train.mini_batch_size).
+    token_weights [N] or [N,S]: the per-sequence weights of ``loss.agg=verl-dynamic-bsz`` (from
+    :func:`justrl_jax.verl_dynamic_bsz.sequence_weights`); None otherwise.
     """
 
     tokens: jax.Array
@@ -129,6 +165,9 @@ class TrainBatch:
     old_logps: jax.Array | None = None
     ref_logps: jax.Array | None = None
     completion_start: int = flax.struct.field(pytree_node=False, default=0)
+    target_index: jax.Array | None = None
+    mini_batches: int = flax.struct.field(pytree_node=False, default=0)
+    token_weights: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -274,8 +313,12 @@ def _check_batch(batch: TrainBatch, cfg: TrainConfig, need_old: bool) -> tuple[i
         x = getattr(batch, name)
         if x is not None and x.shape != (n, s):
             raise ValueError(f"batch.{name} has shape {x.shape}, expected {(n, s)} like batch.tokens")
-    if batch.advantages.shape != (n,):
-        raise ValueError(f"batch.advantages has shape {batch.advantages.shape}, expected {(n,)}")
+    if batch.advantages.shape not in ((n,), (n, s)):
+        raise ValueError(f"batch.advantages has shape {batch.advantages.shape}, expected {(n,)} or {(n, s)}")
+    if batch.token_weights is not None and batch.token_weights.shape not in ((n,), (n, s)):
+        raise ValueError(f"batch.token_weights has shape {batch.token_weights.shape}, expected {(n,)} or {(n, s)}")
+    if batch.target_index is not None and (batch.target_index.ndim != 2 or batch.target_index.shape[0] != n):
+        raise ValueError(f"batch.target_index has shape {batch.target_index.shape}, expected ({n}, C)")
     if need_old and batch.old_logps is None:
         raise ValueError("batch.old_logps is None: recompute them with make_compute_logps first")
     if need_old and cfg.loss.kl_coef and batch.ref_logps is None:
@@ -301,13 +344,15 @@ def make_compute_logps(
     def scored(params, x: TrainBatch):
         model = _merge(graphdef, params, cfg)
         hidden, _ = model(x.tokens, x.positions, x.attn_mask)
+        if x.target_index is not None:  # packed rows: only the response positions are unembedded
+            return target_logps(hidden, model.unembed(), x.tokens, x.target_index, cfg.logp_chunk_size)
         return sequence_logps(hidden, model.unembed(), x.tokens, cfg.logp_chunk_size, start=x.completion_start)
 
     def compute(state: TrainState, batch: TrainBatch, ref_params=None) -> LogpResult:
         n, s = _check_batch(batch, cfg, need_old=False)
         if with_ref and ref_params is None:
             raise ValueError("loss.kl_coef > 0: compute_logps needs the reference policy's ref_params")
-        m = cfg.micro_batch_for(n, s, dp)
+        m = cfg.micro_rows(n, s, dp, packed=batch.target_index is not None)
         micro = _split_micro(batch.replace(old_logps=None, ref_logps=None), m, mesh)
 
         def body(acc, x: TrainBatch):
@@ -363,6 +408,9 @@ def make_train_step(
             cfg.logp_chunk_size,
             ref_logps=x.ref_logps,
             start=x.completion_start,
+            target_index=x.target_index,
+            segments=None if x.target_index is None else x.attn_mask.astype(jnp.int32),
+            token_weights=x.token_weights,
         )
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -372,7 +420,7 @@ def make_train_step(
 
     def mini_batch_update(carry, mb: TrainBatch):
         params, opt_state = carry
-        m = cfg.micro_batch_for(mb.tokens.shape[0], mb.tokens.shape[1], dp)
+        m = cfg.micro_rows(mb.tokens.shape[0], mb.tokens.shape[1], dp, packed=mb.target_index is not None)
 
         def micro_step(acc, x: TrainBatch):
             grad_sum, stats = acc
@@ -395,11 +443,16 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: TrainBatch) -> tuple[TrainState, TrainMetrics]:
         n, s = _check_batch(batch, cfg, need_old=True)
-        if n % cfg.mini_batch_size:
+        if batch.mini_batches:
+            k = batch.mini_batches
+            if n % k:
+                raise ValueError(f"batch of {n} packed rows does not split into its {k} mini-batches")
+        elif n % cfg.mini_batch_size:
             raise ValueError(
                 f"batch of {n} responses is not a multiple of train.mini_batch_size ({cfg.mini_batch_size})"
             )
-        k = n // cfg.mini_batch_size
+        else:
+            k = n // cfg.mini_batch_size
         lr = learning_rate_at(cfg.optim, state.step)
         opt_state = set_learning_rate(state.opt_state, lr)
         # Consecutive responses form a mini-batch (whole prompt groups), sharded over fsdp inside it.
@@ -426,7 +479,7 @@ def make_train_step(
             grad_norm_max=jnp.max(norms),
             learning_rate=lr,
             response_tokens=total.tokens,
-            total_tokens=jnp.sum(batch.attn_mask.astype(jnp.float32)),
+            total_tokens=jnp.sum((batch.attn_mask > 0).astype(jnp.float32)),
             updates=(k - skipped).astype(jnp.int32),
             skipped_updates=skipped,
         )

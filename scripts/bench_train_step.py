@@ -10,13 +10,21 @@ Usage::
 
     python scripts/bench_train_step.py          # 8 x 256 tokens; vocab 32000, hidden 256, 4 layers, 8/2 heads
     python scripts/bench_train_step.py --iters 10 --chunk 256 --remat --score-prompt
+    # rows of 256 prompt + the given response lengths; JAX only, blockwise attention, packed rows:
+    python scripts/bench_train_step.py --prompt 256 --batch 2 --lengths 4096,1024 --no-peer --pack --remat
+    /usr/bin/time -v python scripts/bench_train_step.py --prompt 256 --batch 1 --lengths 16384 --no-peer --iters 1
 
-The last line reads ``ratio <justrl_jax time / pytorch time>`` (same GRPO loss; below 1 is faster).
+With the peer, the last line reads ``ratio <justrl_jax time / pytorch time>`` (same GRPO loss; below 1 is
+faster). A line ``step_s=<seconds>`` gives justrl_jax's median step time, and ``baseline_rss_gib=`` the
+process's peak resident memory before the first JAX step (subtract it from ``/usr/bin/time -v``'s
+maximum resident set size to get what the step itself costs; compare with ``plan_training_peak_gib=``,
+the memory plan's estimate for this workload).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
@@ -31,6 +39,7 @@ from justrl_jax.losses import LossConfig
 from justrl_jax.model.hf_io import load_hf_model
 from justrl_jax.model.qwen2 import positions_from_mask
 from justrl_jax.optim import OptimConfig
+from justrl_jax.packing import pack_train_batch, place_sequences
 from justrl_jax.train_step import TrainBatch, TrainConfig, init_train_state, make_train_step
 
 
@@ -43,7 +52,7 @@ def _hf_model(args) -> transformers.Qwen2ForCausalLM:
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=max(4096, args.seq),
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
     )
@@ -51,11 +60,12 @@ def _hf_model(args) -> transformers.Qwen2ForCausalLM:
 
 
 def _batch(args, rng):
+    """Rows [prompt | response | right padding] of width prompt + the longest response."""
     n, s = args.batch, args.seq
     tokens = rng.integers(0, args.vocab, (n, s)).astype(np.int32)
-    attn = np.ones((n, s), bool)
-    loss_mask = np.zeros((n, s), np.float32)
-    loss_mask[:, args.prompt :] = 1.0
+    attn = np.arange(s)[None] < (args.prompt + np.asarray(args.lengths))[:, None]
+    tokens[~attn] = 0
+    loss_mask = (attn & (np.arange(s)[None] >= args.prompt)).astype(np.float32)
     adv = rng.choice([-1.0, 1.0], n).astype(np.float32)
     old = rng.uniform(-11.0, -9.0, (n, s)).astype(np.float32)  # ~log(1/32000): ratios near 1
     return tokens, attn, loss_mask, adv, old
@@ -108,6 +118,7 @@ class JaxStep:
         with tempfile.TemporaryDirectory() as tmp:
             _hf_model(args).save_pretrained(tmp)
             model = load_hf_model(tmp)  # the very same weights, through the HF importer
+        model.attention = args.attention
         cfg = TrainConfig(
             loss=loss,
             optim=optim,
@@ -115,9 +126,14 @@ class JaxStep:
             micro_batch_size=args.batch,
             logp_chunk_size=args.chunk,
             remat=args.remat,
+            max_tokens_per_row=args.seq if args.pack else None,
+            micro_batch_tokens=args.micro_tokens,
         )
         graphdef, self.state = init_train_state(model, optim)
         self.step = make_train_step(graphdef, cfg, None)
+        if args.pack:
+            self.batch = _packed(args, cfg, batch)
+            return
         tokens, attn, loss_mask, adv, old = (jnp.asarray(x) for x in batch)
         # completion_start: the prompt's logits are not computed (they are not in the loss); PyTorch,
         # like transformers and verl, computes the logits of every position.
@@ -134,6 +150,33 @@ class JaxStep:
     def __call__(self) -> float:
         self.state, metrics = self.step(self.state, self.batch)
         return float(metrics.loss)  # a host fetch: the step has really finished
+
+
+def _packed(args, cfg: TrainConfig, batch) -> TrainBatch:
+    """The same responses packed into rows of ``args.seq`` tokens, with the same old log-probs per token."""
+    tokens, attn, _, adv, old = batch
+    p, lengths = args.prompt, np.asarray(args.lengths)
+    packed = pack_train_batch(
+        tokens[:, :p],
+        attn[:, :p],
+        tokens[:, p:],
+        attn[:, p:],
+        adv,
+        mini_batch_size=args.batch,
+        max_tokens_per_row=args.seq,
+        rows_per_micro=cfg.rows_per_micro(1),
+        pad_id=0,
+    )
+    _, placement = place_sequences(p + lengths, args.batch, args.seq, cfg.rows_per_micro(1))
+    packed_old = np.zeros(packed.tokens.shape, np.float32)
+    for i, (row, at, _) in enumerate(placement):
+        packed_old[row, at : at + p + lengths[i]] = old[i, : p + lengths[i]]
+    print(f"packed {args.batch} sequences into {packed.tokens.shape[0]} rows of {args.seq} tokens")
+    return jax.tree.map(jnp.asarray, packed.replace(old_logps=packed_old))
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 def main():
@@ -155,22 +198,38 @@ def main():
         help="JAX side: unembed every position, as PyTorch does (default: skip the prompt)",
     )
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--lengths", type=str, default="", help="comma-separated response lengths, one per row")
+    ap.add_argument("--no-peer", action="store_true", help="skip PyTorch (e.g. to measure justrl_jax's memory)")
+    ap.add_argument("--attention", default="auto", help="justrl_jax model.attention")
+    ap.add_argument("--pack", action="store_true", help="justrl_jax: pack the rows (train.max_tokens_per_row)")
+    ap.add_argument("--micro-tokens", type=int, default=None, help="justrl_jax train.micro_batch_tokens")
     args = ap.parse_args()
+    if args.lengths:
+        args.lengths = [int(x) for x in args.lengths.split(",")]
+        if len(args.lengths) != args.batch:
+            ap.error(f"--lengths gives {len(args.lengths)} rows but --batch is {args.batch}")
+        args.seq = args.prompt + max(args.lengths)
+    else:
+        args.lengths = [args.seq - args.prompt] * args.batch
+    if min(args.lengths) < 1:
+        ap.error("every response needs at least one token (--seq > --prompt, --lengths >= 1)")
 
     batch = _batch(args, np.random.default_rng(0))
     optim, loss = OptimConfig(lr=1e-6, warmup_steps=0), LossConfig()
-    tokens_per_step = args.batch * args.seq
+    tokens_per_step = args.batch * args.prompt + sum(args.lengths)
     print(
         f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
-        f"{args.batch} x {args.seq} tokens; vocab {args.vocab}, hidden {args.hidden}, "
+        f"{args.batch} rows of {args.prompt} + {min(args.lengths)}..{max(args.lengths)} tokens "
+        f"({tokens_per_step} in all); vocab {args.vocab}, hidden {args.hidden}, "
         f"{args.layers} layers, {args.heads}/{args.kv_heads} heads, mlp {args.mlp}; fp32"
     )
+    print(f"baseline_rss_gib={_rss_gib():.3f}  (peak resident memory before any model is built)")
 
-    variants = {
-        "justrl_jax GRPO": JaxStep(args, optim, loss, batch),
-        "pytorch GRPO": TorchStep(args, optim, loss, batch, grpo=True),
-        "pytorch plain CE": TorchStep(args, optim, loss, batch, grpo=False),
-    }
+    variants = {"justrl_jax GRPO": JaxStep(args, optim, loss, batch)}
+    print(f"pre_step_rss_gib={_rss_gib():.3f}  (peak resident memory with the JAX state built, before its first step)")
+    if not args.no_peer:
+        variants["pytorch GRPO"] = TorchStep(args, optim, loss, batch, grpo=True)
+        variants["pytorch plain CE"] = TorchStep(args, optim, loss, batch, grpo=False)
     for name, fn in variants.items():  # first call: compile (JAX) / warm-up; the losses must agree
         t0 = time.perf_counter()
         first = fn()
@@ -185,10 +244,12 @@ def main():
     for name, t in med.items():
         print(f"{name:17s} {t:.3f} s/step (min {min(times[name]):.3f})  {tokens_per_step / t:8,.0f} tokens/s")
     print(
-        f"(justrl_jax: logp chunk {args.chunk}, remat {args.remat}, "
-        f"prompt logits {'computed' if args.score_prompt else 'skipped'})"
+        f"(justrl_jax: logp chunk {args.chunk}, remat {args.remat}, attention {args.attention}, "
+        f"packed {args.pack}, prompt logits {'computed' if args.score_prompt else 'skipped'})"
     )
-    print(f"ratio {med['justrl_jax GRPO'] / med['pytorch GRPO']:.3f}  (justrl_jax / pytorch, same GRPO loss)")
+    print(f"step_s={med['justrl_jax GRPO']:.3f}")
+    if not args.no_peer:
+        print(f"ratio {med['justrl_jax GRPO'] / med['pytorch GRPO']:.3f}  (justrl_jax / pytorch, same GRPO loss)")
 
 
 if __name__ == "__main__":

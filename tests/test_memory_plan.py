@@ -80,3 +80,46 @@ def test_sharded_bytes_single_device_is_whole_model():
     with pytest.raises(ValueError, match="needs 8 devices"):
         sharded_param_bytes(config, MeshConfig(4, 2), 16, 4)
     assert math.isclose(sharded_param_bytes(config, MeshConfig(4, 1), 4, 4)[0], 4 * total / 4, rel_tol=0.05)
+
+
+def test_packed_rows_and_the_attention_choice_are_counted():
+    config = Qwen2Config()
+    mesh = MeshConfig.parse("4x4")
+
+    def activations(**kw):
+        return plan_memory(config, mesh, 16, PlanInputs(**kw), device="tpu-v5p").activations_per_device
+
+    padded_xla = activations(micro_batch_sequences=2, attention="xla")
+    packed = dict(packed_row_tokens=16384, micro_batch_tokens=32768)
+    assert activations(**packed, attention="xla") == padded_xla  # the same 2 x 16,384 tokens per device
+    blockwise = activations(**packed, attention="blockwise")
+    splash = activations(**packed, attention="splash")
+    assert splash < blockwise < padded_xla / 3
+    assert activations(**packed, attention="auto") == splash  # auto on a TPU is splash
+    # Blockwise attention grows linearly with the row; the einsum reference quadratically.
+    half = dict(packed_row_tokens=8192, micro_batch_tokens=16384)
+    xla_gap = padded_xla - activations(**half, attention="xla")
+    assert xla_gap > 3 * (blockwise - activations(**half, attention="blockwise"))
+    with pytest.raises(ValueError, match="plan.micro_batch_tokens"):
+        PlanInputs(packed_row_tokens=16384, micro_batch_tokens=8192)
+    with pytest.raises(ValueError, match="model.attention"):
+        PlanInputs(attention="flash")
+
+
+def test_refusal_names_the_token_budget():
+    from justrl_jax.memory_estimate import advice
+
+    config = Qwen2Config()
+    inputs = PlanInputs(packed_row_tokens=16384, micro_batch_tokens=16 * 16384, attention="xla")
+    plan = plan_memory(config, MeshConfig.parse("1x1"), 1, inputs, device="tpu-v5e")
+    assert not plan.fits()
+    assert advice(plan, inputs, MeshConfig.parse("1x1")).startswith("activations: lower train.micro_batch_tokens")
+
+
+def test_presets_plan_packed_rows():
+    from justrl_jax.run_config import load_run_config
+
+    cfg = load_run_config("configs/justrl_deepseek_1p5b.yaml")
+    inputs = cfg.plan_inputs(fsdp=4)
+    assert (inputs.packed_row_tokens, inputs.micro_batch_tokens, inputs.attention) == (16384, 32768, "auto")
+    assert inputs.micro_batch_shape() == (2, 16384)

@@ -93,6 +93,8 @@ def test_shipped_configs_run_two_steps(tmp_path, preset, style):
             "rollout.length_bucket=8",
             "train.mini_batch_size=8",
             "train.micro_batch_size=4",
+            "train.max_tokens_per_row=128",  # packed, as shipped, in small rows
+            "train.micro_batch_tokens=256",
             "data.bucket_multiple=16",
             "validation.n_samples=2",
             "validation.max_new_tokens=6",

@@ -2,7 +2,9 @@
 
 One forward serves training and decoding:
 
-* training: ``model(tokens, positions, mask)`` over whole left-padded sequences;
+* training: ``model(tokens, positions, mask)`` over whole left-padded sequences, or over packed rows
+  where ``mask`` holds segment ids (0 = padding, 1, 2, ... one per packed sequence; positions restart
+  per segment); the attention is :mod:`justrl_jax.model.attention`, chosen by ``model.attention``;
 * decoding: ``model(tokens, positions, mask, cache)`` writes the new keys/values at ``cache.index``
   and attends over every valid cache slot up to the query's own slot.
 
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from justrl_jax.model.attention import check_implementation, self_attention
 from justrl_jax.model.kv_cache import KVCache
 from justrl_jax.model.rope import apply_rope, rope_tables
 
@@ -125,8 +128,8 @@ class Attention(nnx.Module):
         dt = self.compute_dtype
         return jnp.einsum("BTD,DNH->BTNH", x, kernel[...].astype(dt)) + bias[...].astype(dt)
 
-    def __call__(self, x, positions, mask, cache: KVCache | None, layer: int):
-        """x [B,T,D]; positions [B,T]; mask [B,T] (valid tokens) -> ([B,T,D], cache)."""
+    def __call__(self, x, positions, segments, cache: KVCache | None, layer: int, impl: str = "auto"):
+        """x [B,T,D]; positions [B,T]; segments [B,T] int (0 = padding) -> ([B,T,D], cache)."""
         b, t, _ = x.shape
         q = self._project(x, self.q_kernel, self.q_bias)  # [B,T,N,H]
         k = self._project(x, self.k_kernel, self.k_bias)  # [B,T,K,H]
@@ -134,18 +137,25 @@ class Attention(nnx.Module):
         cos, sin = rope_tables(positions, self.head_dim, self.rope_theta)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if cache is None:
-            keys, values, key_valid = k, v, mask  # [B,S=T,K,H], [B,S]
-            query_slot = jnp.arange(t)
-        else:
-            start = cache.index
-            cache = cache.replace(
-                k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), (layer, 0, start, 0, 0)),
-                v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), (layer, 0, start, 0, 0)),
-            )
-            keys, values = cache.k[layer].astype(q.dtype), cache.v[layer].astype(q.dtype)
-            key_valid = jax.lax.dynamic_update_slice(cache.mask, mask, (0, start))
-            query_slot = start + jnp.arange(t)
+        if cache is None or t == cache.slots:
+            # Whole sequences: training, or a prefill over a cache of exactly the prompt width (which
+            # can only start at slot 0), written whole.
+            if cache is not None:
+                cache = cache.replace(
+                    k=cache.k.at[layer].set(k.astype(cache.k.dtype)), v=cache.v.at[layer].set(v.astype(cache.v.dtype))
+                )
+            out = self_attention(q, k, v, segments, impl)
+            return jnp.einsum("BTNH,NHD->BTD", out, self.o_kernel[...].astype(out.dtype)), cache
+        # Decoding: the new tokens attend over every valid cache slot up to their own.
+        mask = segments > 0
+        start = cache.index
+        cache = cache.replace(
+            k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), (layer, 0, start, 0, 0)),
+            v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), (layer, 0, start, 0, 0)),
+        )
+        keys, values = cache.k[layer].astype(q.dtype), cache.v[layer].astype(q.dtype)
+        key_valid = jax.lax.dynamic_update_slice(cache.mask, mask, (0, start))
+        query_slot = start + jnp.arange(t)
         key_slot = jnp.arange(keys.shape[1])
         allowed = (key_slot[None, :] <= query_slot[:, None])[None] & key_valid[:, None, :]  # [B,T,S]
 
@@ -181,14 +191,17 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
 
-    def __call__(self, x, positions, mask, cache, layer: int):
-        h, cache = self.attn(self.input_norm(x), positions, mask, cache, layer)
+    def __call__(self, x, positions, segments, cache, layer: int, impl: str = "auto"):
+        h, cache = self.attn(self.input_norm(x), positions, segments, cache, layer, impl)
         x = x + h
         return x + self.mlp(self.post_attn_norm(x)), cache
 
 
-def _layer_forward(layer: DecoderLayer, x, positions, mask):
-    return layer(x, positions, mask, None, 0)[0]
+def _layer_forward(impl: str):
+    def forward(layer: DecoderLayer, x, positions, segments):
+        return layer(x, positions, segments, None, 0, impl)[0]
+
+    return forward
 
 
 class Qwen2(nnx.Module):
@@ -209,10 +222,12 @@ class Qwen2(nnx.Module):
         param_dtype=jnp.float32,
         compute_dtype=jnp.float32,
         remat: bool = False,
+        attention: str = "auto",
     ):
         self.config = config
         self.compute_dtype = compute_dtype
         self.remat = remat
+        self.attention = check_implementation(attention)  # static: part of the graphdef
         self.embedding = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
         self.layers = nnx.List(
             [
@@ -225,17 +240,20 @@ class Qwen2(nnx.Module):
             self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)
 
     def __call__(self, tokens, positions, mask, cache: KVCache | None = None):
-        """tokens, positions [B,T] int; mask [B,T] bool -> (hidden [B,T,D], updated cache or None)."""
+        """tokens, positions [B,T] int; mask [B,T] bool (valid tokens) or int segment ids (0 = padding)
+        -> (hidden [B,T,D], updated cache or None)."""
         x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.compute_dtype)  # [B,T,D]
-        mask = mask.astype(bool)
+        segments = mask.astype(jnp.int32)
+        mask = segments > 0
+        impl = check_implementation(self.attention)
         if cache is None and self.remat:
             # Rematerialise each layer: keep only layer inputs for the backward pass.
-            forward = nnx.remat(_layer_forward)
+            forward = nnx.remat(_layer_forward(impl))
             for layer in self.layers:
-                x = forward(layer, x, positions, mask)
+                x = forward(layer, x, positions, segments)
         else:
             for i, layer in enumerate(self.layers):
-                x, cache = layer(x, positions, mask, cache, i)
+                x, cache = layer(x, positions, segments, cache, i, impl)
         if cache is not None:
             t = tokens.shape[1]
             cache = cache.replace(
