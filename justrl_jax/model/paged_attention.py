@@ -1,0 +1,139 @@
+"""Decode attention over a paged KV cache: one query token per slot, keys read from the slot's own pages.
+
+One interface, several implementations (``kernel=``):
+
+* ``"jax"``: pure JAX, any backend. Gathers the ``nb`` pages of each slot's table (callers pass a table
+  trimmed to the pages in use), masks positions at or past the slot's length, softmax in fp32.
+* ``"pallas_gpu"``: ``jax.experimental.pallas.ops.gpu.paged_attention`` (split-K flash decoding).
+* ``"pallas_tpu"``: ``jax.experimental.pallas.ops.tpu.paged_attention``.
+* ``"pallas_tpu_ragged"``: ``jax.experimental.pallas.ops.tpu.ragged_paged_attention`` with one query per
+  sequence; it wants keys and values interleaved in one page array, built here per call (fine for a
+  parity test; a serving path would store that layout directly).
+* ``"auto"``: ``pallas_gpu`` on GPU, ``pallas_tpu`` on TPU, ``jax`` elsewhere.
+
+The kernels take a pre-scaled query (they apply no ``1/sqrt(H)``); the pure-JAX path scales the fp32
+scores like :class:`justrl_jax.model.qwen2.Attention`, so decode logits match the dense path closely.
+``interpret=True`` runs a Pallas kernel in interpret mode (how they are tested on CPU).
+
+Shapes: q [B, N, H]; k_pages, v_pages [K, P, page_size, H]; lengths [B] int32 (valid tokens of each
+slot, the query's own included); page_table [B, nb] int32 page ids. Returns [B, N, H] in q's dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+KERNELS = ("jax", "pallas_gpu", "pallas_tpu", "pallas_tpu_ragged", "auto")
+_MASKED = -1e30  # as qwen2: finite, so an empty slot gives a harmless uniform average
+
+
+def resolve_kernel(kernel: str) -> str:
+    if kernel not in KERNELS:
+        raise ValueError(f"paged attention kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    return {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(jax.default_backend(), "jax")
+
+
+def paged_decode_attention(q, k_pages, v_pages, lengths, page_table, *, kernel: str = "jax", interpret: bool = False):
+    kernel = resolve_kernel(kernel)
+    scale = q.shape[-1] ** -0.5
+    lengths = lengths.astype(jnp.int32)
+    page_table = page_table.astype(jnp.int32)
+    if kernel == "jax":
+        return _attend_jax(q, k_pages, v_pages, lengths, page_table, scale)
+    scaled = (q.astype(jnp.float32) * scale).astype(q.dtype)
+    if kernel == "pallas_gpu":
+        return _attend_pallas_gpu(scaled, k_pages, v_pages, lengths, page_table, interpret)
+    if kernel == "pallas_tpu":
+        return _attend_pallas_tpu(scaled, k_pages, v_pages, lengths, page_table, interpret)
+    return _attend_pallas_tpu_ragged(scaled, k_pages, v_pages, lengths, page_table, interpret)
+
+
+def _attend_jax(q, k_pages, v_pages, lengths, page_table, scale):
+    b, n, h = q.shape
+    kv_heads, _, page_size, _ = k_pages.shape
+    keys = k_pages[:, page_table].reshape(kv_heads, b, -1, h).astype(q.dtype)  # [K, B, S = nb * page_size, H]
+    values = v_pages[:, page_table].reshape(kv_heads, b, -1, h).astype(q.dtype)
+    qg = q.reshape(b, kv_heads, n // kv_heads, h)  # [B, K, G, H]
+    scores = jnp.einsum("BKGH,KBSH->BKGS", qg, keys, preferred_element_type=jnp.float32) * scale
+    valid = jnp.arange(keys.shape[2])[None, :] < lengths[:, None]  # [B, S]
+    scores = jnp.where(valid[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    return jnp.einsum("BKGS,KBSH->BKGH", probs, values).reshape(b, n, h)
+
+
+def _splits(pages: int, most: int) -> int:
+    """The largest divisor of ``pages`` that is at most ``most`` (the kernels split the table evenly)."""
+    return max(d for d in range(1, min(pages, most) + 1) if pages % d == 0)
+
+
+def _attend_pallas_gpu(q, k_pages, v_pages, lengths, page_table, interpret):
+    from jax.experimental.pallas.ops.gpu import paged_attention as gpu_paged
+
+    nb = page_table.shape[1]
+    k_splits = _splits(nb, 16)
+    per_split = nb // k_splits
+    return gpu_paged.paged_attention(
+        q,
+        k_pages,
+        v_pages,
+        page_table,
+        lengths,
+        k_splits=k_splits,
+        pages_per_compute_block=_splits(per_split, 8),
+        mask_value=_MASKED,
+        interpret=interpret,
+    )
+
+
+def _attend_pallas_tpu(q, k_pages, v_pages, lengths, page_table, interpret):
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_paged
+
+    def call():
+        return tpu_paged(
+            q,
+            k_pages,
+            v_pages,
+            lengths,
+            page_table,
+            pages_per_compute_block=_splits(page_table.shape[1], 8),
+            mask_value=_MASKED,
+        )
+
+    if not interpret:
+        return call()
+    with pltpu.force_tpu_interpret_mode():
+        return call()
+
+
+def _attend_pallas_tpu_ragged(q, k_pages, v_pages, lengths, page_table, interpret):
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas.ops.tpu.ragged_paged_attention import ragged_paged_attention
+
+    b = q.shape[0]
+    kv_heads = k_pages.shape[0]
+    # [P, page_size, 2K, H] with keys and values interleaved per head, the layout the kernel reads.
+    kv = jnp.stack([k_pages, v_pages], axis=1)  # [K, 2, P, page_size, H]
+    kv = jnp.transpose(kv, (2, 3, 0, 1, 4)).reshape(k_pages.shape[1], k_pages.shape[2], 2 * kv_heads, -1)
+
+    def call():
+        return ragged_paged_attention(
+            q,
+            kv,
+            lengths,
+            page_table,
+            jnp.arange(b + 1, dtype=jnp.int32),  # one query token per sequence
+            jnp.array([b], jnp.int32),
+            sm_scale=1.0,
+            mask_value=_MASKED,
+            num_kv_pages_per_block=_splits(page_table.shape[1], 8),
+            num_queries_per_block=8,
+        )
+
+    if not interpret:
+        return call()
+    with pltpu.force_tpu_interpret_mode():
+        return call()
