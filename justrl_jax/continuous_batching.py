@@ -171,7 +171,7 @@ class ContinuousBatcher:
         plen = mask.sum(axis=1).astype(np.int32)
         model = nnx.merge(self.graphdef, params)
         c = model.config
-        max_pages = pages_for(int(plen.max()) + t_cap - 1, page_size)
+        max_pages = pages_for(ids.shape[1] + t_cap - 1, page_size)  # the planner's row_pages
         alloc = PageAllocator(pages, slots, max_pages, page_size)
         cache = PagedKVCache.zeros(c.num_layers, c.num_kv_heads, pages, page_size, c.head_dim, cache_dtype)
         if self.mesh is not None:
@@ -340,9 +340,10 @@ def plan_pages(
     tensor: int = 1,
     itemsize: int = 4,
 ) -> PagePlan:
-    """Slots and pages for ``rows`` rows. With a budget, the pool is what fits it and the slots default to
-    the rows it holds at full length (more slots, via ``max_concurrent_rows``, may preempt); without one,
-    every slot can hold a full row. Raises ValueError when the budget cannot hold one row."""
+    """Slots and pages for ``rows`` rows of prompts up to ``max_prompt_len`` tokens. With a budget, the pool
+    is what fits it and the slots default to the rows it holds at full length (more slots, via
+    ``max_concurrent_rows``, may preempt); without one, every slot can hold a full row. Raises ValueError
+    when the budget cannot hold one row."""
     kv_heads = model.num_kv_heads // tensor if model.num_kv_heads % tensor == 0 else model.num_kv_heads
     ps = config.page_size
     page_bytes = PagedKVCache.page_bytes(model.num_layers, kv_heads, ps, model.head_dim, itemsize)

@@ -404,10 +404,8 @@ class Sampler:
         cache_dtype = jnp.dtype(self.config.cache_dtype or compute_dtype)
         itemsize = cache_dtype.itemsize
         if self.config.scheduler == "continuous":
-            max_len = int(mask.sum(axis=1).max())
-            pages = plan_pages(
-                model_cfg, self.config, rows, max_len, data_parallel=dp, tensor=tensor, itemsize=itemsize
-            )
+            # Planned for the bucketed width, so every prompt length in a bucket gets the same pool (one compile).
+            pages = plan_pages(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
             params = reshard_params(params, self.mesh)
             tokens, logprobs, lengths, eos = self.batcher.run(
                 params,
