@@ -7,8 +7,10 @@ One interface, several implementations (``kernel=``):
 * ``"pallas_gpu"``: ``jax.experimental.pallas.ops.gpu.paged_attention`` (split-K flash decoding).
 * ``"pallas_tpu"``: ``jax.experimental.pallas.ops.tpu.paged_attention``.
 * ``"pallas_tpu_ragged"``: ``jax.experimental.pallas.ops.tpu.ragged_paged_attention`` with one query per
-  sequence; it wants keys and values interleaved in one page array, built here per call (fine for a
-  parity test; a serving path would store that layout directly).
+  sequence; it wants keys and values interleaved in one page array, built here per call (a serving path
+  would store that layout directly). Its interpret mode fails on CPU in jax 0.10.2 (the TPU interpreter
+  has no ``ReshapeTransform``), so only its argument layout is tested, against the kernel module's own
+  ``ref_ragged_paged_attention``.
 * ``"auto"``: ``pallas_gpu`` on GPU, ``pallas_tpu`` on TPU, ``jax`` elsewhere.
 
 The kernels take a pre-scaled query (they apply no ``1/sqrt(H)``); the pure-JAX path scales the fp32
@@ -109,24 +111,23 @@ def _attend_pallas_tpu(q, k_pages, v_pages, lengths, page_table, interpret):
         return call()
 
 
+def ragged_arguments(q, k_pages, v_pages, lengths, page_table):
+    """The positional arguments of ``ragged_paged_attention`` (and of its ``ref_ragged_paged_attention``) for
+    one query token per sequence: keys and values interleaved per KV head in one [P, page_size, 2K, H] array."""
+    b = q.shape[0]
+    kv_heads, pages, page_size, h = k_pages.shape
+    kv = jnp.stack([k_pages, v_pages], axis=1)  # [K, 2, P, page_size, H]
+    kv = jnp.transpose(kv, (2, 3, 0, 1, 4)).reshape(pages, page_size, 2 * kv_heads, h)  # head k: 2k keys, 2k+1 values
+    return q, kv, lengths, page_table, jnp.arange(b + 1, dtype=jnp.int32), jnp.array([b], jnp.int32)
+
+
 def _attend_pallas_tpu_ragged(q, k_pages, v_pages, lengths, page_table, interpret):
     from jax.experimental.pallas import tpu as pltpu
     from jax.experimental.pallas.ops.tpu.ragged_paged_attention import ragged_paged_attention
 
-    b = q.shape[0]
-    kv_heads = k_pages.shape[0]
-    # [P, page_size, 2K, H] with keys and values interleaved per head, the layout the kernel reads.
-    kv = jnp.stack([k_pages, v_pages], axis=1)  # [K, 2, P, page_size, H]
-    kv = jnp.transpose(kv, (2, 3, 0, 1, 4)).reshape(k_pages.shape[1], k_pages.shape[2], 2 * kv_heads, -1)
-
     def call():
         return ragged_paged_attention(
-            q,
-            kv,
-            lengths,
-            page_table,
-            jnp.arange(b + 1, dtype=jnp.int32),  # one query token per sequence
-            jnp.array([b], jnp.int32),
+            *ragged_arguments(q, k_pages, v_pages, lengths, page_table),
             sm_scale=1.0,
             mask_value=_MASKED,
             num_kv_pages_per_block=_splits(page_table.shape[1], 8),
