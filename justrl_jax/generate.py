@@ -5,6 +5,10 @@ Each input line holds ``prompt`` (text; the tokenizer's chat template is applied
 through. Each output line adds ``n`` samples: ``completion`` (text), ``completion_ids``,
 ``logprobs`` (per token, under the sampling policy) and ``finish_reason`` (``stop`` or ``length``).
 
+All prompts stream through one continuous-batching scheduler: ``--max-concurrent-rows`` decode slots,
+each refilled with the next pending sample as soon as its row ends; output lines keep the input order.
+(``--scheduler waves`` runs the old static waves, ``--batch-size`` prompts per call.)
+
 Example::
 
     python -m justrl_jax.generate --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B \\
@@ -61,13 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the chat template to text prompts")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
+    p.add_argument("--max-concurrent-rows", type=int, default=128, help="decode slots (rows decoded at once)")
+    p.add_argument("--steps-per-call", type=int, default=16, help="decode steps per device call between refills")
+    p.add_argument("--scheduler", choices=("continuous", "waves"), default="continuous")
+    p.add_argument("--batch-size", type=int, default=64, help="(waves) prompts per generate call")
     p.add_argument("--prompt-bucket", type=int, default=64, help="prompts are left-padded to a multiple of this")
     p.add_argument(
         "--kv-cache-budget-gb",
         type=float,
         default=0.0,
-        help="KV-cache bytes per device; above it a call runs in waves (0: no limit)",
+        help="KV-cache GiB per device (0: plan from the device's free memory; no limit where it reports none)",
     )
     p.add_argument(
         "--decode-chunk",
@@ -82,8 +89,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if min(args.n, args.max_new_tokens, args.batch_size, args.prompt_bucket) < 1:
-        print("error: --n, --max-new-tokens, --batch-size and --prompt-bucket must be >= 1", file=sys.stderr)
+    counts = (args.n, args.max_new_tokens, args.batch_size, args.prompt_bucket, args.max_concurrent_rows)
+    if min(*counts, args.steps_per_call) < 1:
+        print(
+            "error: --n, --max-new-tokens, --batch-size, --prompt-bucket, --max-concurrent-rows and "
+            "--steps-per-call must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     if args.kv_cache_budget_gb < 0 or args.decode_chunk < 0:
         print("error: --kv-cache-budget-gb and --decode-chunk must be >= 0", file=sys.stderr)
@@ -100,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from justrl_jax.data import chat_text, collate
+    from justrl_jax.kv_budget import kv_cache_budget_bytes
     from justrl_jax.model.source import load_policy
     from justrl_jax.prompts import PromptExample
     from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
@@ -112,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=args.max_new_tokens,
             strategy=strategy,
             prompt_bucket=args.prompt_bucket,
-            kv_cache_budget_bytes=int(args.kv_cache_budget_gb * 2**30) or None,
+            kv_cache_budget_bytes=kv_cache_budget_bytes(args.kv_cache_budget_gb),
             decode_chunk=args.decode_chunk,
+            scheduler=args.scheduler,
+            max_concurrent_rows=args.max_concurrent_rows,
+            steps_per_call=args.steps_per_call,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -144,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
     with args.output.open("w", encoding="utf-8") as out:
-        for start in range(0, len(rows), args.batch_size):
-            chunk = list(range(start, min(start + args.batch_size, len(rows))))
+        per_call = args.batch_size if args.scheduler == "waves" else len(rows)  # continuous: one scheduler
+        for start in range(0, len(rows), per_call):
+            chunk = list(range(start, min(start + per_call, len(rows))))
             examples = [PromptExample(problem=str(i), gold="") for i in chunk]
             batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=args.prompt_bucket)
             rollout = sampler.generate(
@@ -166,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
                 out.write(json.dumps({**rows[i], "prompt_token_ids": token_ids[i], "samples": samples}) + "\n")
+    if args.scheduler == "continuous":
+        stats = sampler.stats
+        print(
+            f"{stats.slots} slots: occupancy {stats.slot_occupancy:.2f}, {stats.preemptions} preemptions, "
+            f"prefill {stats.as_metrics()['rollout/prefill_tokens_per_s']:.0f} tokens/s, "
+            f"decode {stats.as_metrics()['rollout/decode_tokens_per_s']:.0f} tokens/s",
+            file=sys.stderr,
+        )
     print(f"wrote {len(rows)} prompts x {args.n} samples to {args.output}", file=sys.stderr)
     return 0
 
