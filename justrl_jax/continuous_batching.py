@@ -12,8 +12,9 @@ and streams them through ``slots`` decode slots:
    recomputed from its prompt (vLLM's recompute policy). The pool always holds one full row, so the oldest
    row can always finish: no deadlock.
 3. **Decode** ``steps_per_call`` steps in one device call (a ``while_loop`` that also stops when every slot
-   is done), attending over the first ``nb`` table entries, ``nb`` the pages in use rounded up to a power of
-   two (one compile per ``nb``). Rows that end return their pages and slot on the host, then back to 1.
+   is done). Rows go in longest first, so the pure-JAX attention reads each row's pages up to (about) its
+   own length; one compile whatever the lengths. Rows that end return their pages and slot on the host,
+   then back to 1.
 
 Randomness is the static sampler's: row ``r``'s step-``t`` uniform is ``fold_in(row_key[r], t)``, so a row's
 tokens do not depend on its slot, on its neighbours, or on being preempted and recomputed.
@@ -70,7 +71,7 @@ class BatchingStats:
         }
 
 
-def _pow2_at_least(x: int) -> int:
+def _pow2_at_least(x: int) -> int:  # prefill row buckets
     return 1 << max(0, (x - 1).bit_length())
 
 
@@ -96,8 +97,10 @@ class ContinuousBatcher:
 
     def _shard_cache(self, cache: PagedKVCache) -> PagedKVCache:
         # Pages are shared by every slot, so they are replicated over the data axis; KV heads split over tensor.
-        axes = ("layers", "kv_heads", None, None, "head_dim")
-        return cache.replace(k=self._shard(cache.k, *axes), v=self._shard(cache.v, *axes))
+        axes = ("kv_heads", None, None, "head_dim")
+        return cache.replace(
+            k=tuple(self._shard(x, *axes) for x in cache.k), v=tuple(self._shard(x, *axes) for x in cache.v)
+        )
 
     def _sample(self, logits, keys, step):
         uniforms = jax.vmap(lambda k, t: jax.random.uniform(jax.random.fold_in(k, t)))(
@@ -175,7 +178,7 @@ class ContinuousBatcher:
         alloc = PageAllocator(pages, slots, max_pages, page_size)
         cache = PagedKVCache.zeros(c.num_layers, c.num_kv_heads, pages, page_size, c.head_dim, cache_dtype)
         if self.mesh is not None:
-            spec = logical_spec(("layers", "kv_heads", None, None, "head_dim"), self.mesh, cache.k.shape)
+            spec = logical_spec(("kv_heads", None, None, "head_dim"), self.mesh, cache.k[0].shape)
             cache = jax.device_put(cache, NamedSharding(self.mesh, spec))
         stats = self.stats = BatchingStats(slots=slots, pages=pages, page_size=page_size)
         chunk = cfg.steps_per_call
@@ -258,21 +261,23 @@ class ContinuousBatcher:
                 continue
             stats.peak_pages_in_use = max(stats.peak_pages_in_use, alloc.in_use)
 
-            # 3. One decode call over the pages in use.
-            nb = min(_pow2_at_least(int(alloc.held.max())), max_pages)
+            # 3. One decode call. Slots are only host bookkeeping (the KV lives in the pool, the rest is uploaded
+            # per call), so the rows go in longest first: the attention's long-row loop then covers few rows.
+            order = np.argsort(-np.where(live, alloc.held, -1), kind="stable")
             start = time.perf_counter()
             cache, new_step, new_live, tok, lp = self.decode_fn(
                 params,
                 cache,
-                self._put(last),
-                self._put(step),
-                self._put(slot_plen),
-                self._put(slot_keys),
-                self._put(live),
-                self._put(np.ascontiguousarray(alloc.table[:, :nb])),
+                self._put(last[order]),
+                self._put(step[order]),
+                self._put(slot_plen[order]),
+                self._put(slot_keys[order]),
+                self._put(live[order]),
+                self._put(alloc.table[order]),
                 steps=chunk,
             )
-            new_step, new_live, tok, lp = (np.asarray(x) for x in (new_step, new_live, tok, lp))
+            back = np.argsort(order)
+            new_step, new_live, tok, lp = (np.asarray(x)[back] for x in (new_step, new_live, tok, lp))
             stats.decode_seconds += time.perf_counter() - start
             emitted = new_step - step
             stats.decode_calls += 1

@@ -2,8 +2,8 @@
 
 One interface, several implementations (``kernel=``):
 
-* ``"jax"``: pure JAX, any backend. Gathers the ``nb`` pages of each slot's table (callers pass a table
-  trimmed to the pages in use), masks positions at or past the slot's length, softmax in fp32.
+* ``"jax"``: pure JAX, any backend: flash decoding over page columns (online softmax in fp32), up to the
+  longest row's page only (a dynamic loop bound, so one program serves every length).
 * ``"pallas_gpu"``: ``jax.experimental.pallas.ops.gpu.paged_attention`` (split-K flash decoding).
 * ``"pallas_tpu"``: ``jax.experimental.pallas.ops.tpu.paged_attention``.
 * ``"pallas_tpu_ragged"``: ``jax.experimental.pallas.ops.tpu.ragged_paged_attention`` with one query per
@@ -38,13 +38,17 @@ def resolve_kernel(kernel: str) -> str:
     return {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(jax.default_backend(), "jax")
 
 
-def paged_decode_attention(q, k_pages, v_pages, lengths, page_table, *, kernel: str = "jax", interpret: bool = False):
+def paged_decode_attention(
+    q, k_pages, v_pages, lengths, page_table, *, kernel: str = "jax", interpret: bool = False, long_rows: int = 0
+):
+    """See the module docstring. ``long_rows`` (pure JAX only) is a hint: when the caller orders rows longest
+    first, the first ``long_rows`` rows alone read the pages past the other rows' longest."""
     kernel = resolve_kernel(kernel)
     scale = q.shape[-1] ** -0.5
     lengths = lengths.astype(jnp.int32)
     page_table = page_table.astype(jnp.int32)
     if kernel == "jax":
-        return _attend_jax(q, k_pages, v_pages, lengths, page_table, scale)
+        return _attend_jax(q, k_pages, v_pages, lengths, page_table, scale, long_rows)
     scaled = (q.astype(jnp.float32) * scale).astype(q.dtype)
     if kernel == "pallas_gpu":
         return _attend_pallas_gpu(scaled, k_pages, v_pages, lengths, page_table, interpret)
@@ -53,17 +57,46 @@ def paged_decode_attention(q, k_pages, v_pages, lengths, page_table, *, kernel: 
     return _attend_pallas_tpu_ragged(scaled, k_pages, v_pages, lengths, page_table, interpret)
 
 
-def _attend_jax(q, k_pages, v_pages, lengths, page_table, scale):
+def _attend_jax(q, k_pages, v_pages, lengths, page_table, scale, long_rows):
+    """Flash-decoding in pure JAX: a loop over page columns with an online softmax, so no [B, S] copy of the
+    keys is ever made, and the loop runs only as far as the longest row needs (a dynamic trip count: one
+    compile for any lengths). Rows ``[:long_rows]`` run a second loop over the pages past the longest of
+    the other rows, so a few long rows do not make every row read their length."""
     b, n, h = q.shape
     kv_heads, _, page_size, _ = k_pages.shape
-    keys = k_pages[:, page_table].reshape(kv_heads, b, -1, h).astype(q.dtype)  # [K, B, S = nb * page_size, H]
-    values = v_pages[:, page_table].reshape(kv_heads, b, -1, h).astype(q.dtype)
     qg = q.reshape(b, kv_heads, n // kv_heads, h)  # [B, K, G, H]
-    scores = jnp.einsum("BKGH,KBSH->BKGS", qg, keys, preferred_element_type=jnp.float32) * scale
-    valid = jnp.arange(keys.shape[2])[None, :] < lengths[:, None]  # [B, S]
-    scores = jnp.where(valid[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    return jnp.einsum("BKGS,KBSH->BKGH", probs, values).reshape(b, n, h)
+    pages = (lengths + page_size - 1) // page_size  # [B] pages each row reads
+
+    def attend(rows, start, stop, carry):
+        q_rows, table, length = qg[rows], page_table[rows], lengths[rows]
+
+        def body(j, carry):
+            m, norm, acc = carry  # running max [R, K, G], normaliser [R, K, G], output [R, K, G, H]
+            ids = table[:, j]
+            keys = k_pages[:, ids].astype(q.dtype)  # [K, R, page_size, H]
+            values = v_pages[:, ids].astype(jnp.float32)
+            s = jnp.einsum("RKGH,KRPH->RKGP", q_rows, keys, preferred_element_type=jnp.float32) * scale
+            valid = (j * page_size + jnp.arange(page_size))[None, :] < length[:, None]  # [R, page_size]
+            s = jnp.where(valid[:, None, None], s, _MASKED)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+            alpha = jnp.exp(m - m_new)
+            p = jnp.exp(s - m_new[..., None])
+            acc = alpha[..., None] * acc + jnp.einsum("RKGP,KRPH->RKGH", p, values)
+            return m_new, alpha * norm + jnp.sum(p, axis=-1), acc
+
+        return jax.lax.fori_loop(start, stop, body, carry)
+
+    shape = (b, kv_heads, n // kv_heads)
+    carry = (jnp.full(shape, _MASKED, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros((*shape, h), jnp.float32))
+    if 0 < long_rows < b:
+        shared = jnp.max(pages[long_rows:])
+        m, norm, acc = attend(slice(None), 0, shared, carry)
+        head = slice(0, long_rows)
+        m_h, norm_h, acc_h = attend(head, shared, jnp.max(pages[head]), (m[head], norm[head], acc[head]))
+        norm, acc = norm.at[head].set(norm_h), acc.at[head].set(acc_h)
+    else:
+        _, norm, acc = attend(slice(None), 0, jnp.max(pages), carry)
+    return (acc / norm[..., None]).astype(q.dtype).reshape(b, n, h)
 
 
 def _splits(pages: int, most: int) -> int:

@@ -34,15 +34,21 @@ def write_prompts(cache: PagedKVCache, dense: KVCache, prompt_len, page_table) -
     page = jnp.where(valid, jnp.take_along_axis(page_table, pos // ps, axis=1), NULL_PAGE).reshape(-1)  # [B*W]
     offset = (pos % ps).reshape(-1)
 
-    def put(pages, new):  # new [L, B, W, K, H] -> pages[:, :, page, offset] = [L, K, B*W, H]
-        new = jnp.transpose(new.reshape(num_layers, b * w, kv_heads, h), (0, 2, 1, 3)).astype(pages.dtype)
-        return pages.at[:, :, page, offset].set(new)
+    def put(pages, new):  # new [B, W, K, H] -> pages[:, page, offset] = [K, B*W, H]
+        new = jnp.transpose(new.reshape(b * w, kv_heads, h), (1, 0, 2)).astype(pages.dtype)
+        return pages.at[:, page, offset].set(new)
 
-    return cache.replace(k=put(cache.k, dense.k), v=put(cache.v, dense.v))
+    return cache.replace(
+        k=tuple(put(cache.k[i], dense.k[i]) for i in range(num_layers)),
+        v=tuple(put(cache.v[i], dense.v[i]) for i in range(num_layers)),
+    )
 
 
-def decode_step(model: Qwen2, tokens, positions, cache: PagedKVCache, page_table, *, kernel: str = "jax"):
-    """tokens, positions [B] int32; page_table [B, nb] -> (final-norm hidden [B, 1, D], cache)."""
+def decode_step(
+    model: Qwen2, tokens, positions, cache: PagedKVCache, page_table, *, kernel: str = "jax", long_rows: int = 0
+):
+    """tokens, positions [B] int32; page_table [B, nb] -> (final-norm hidden [B, 1, D], cache).
+    ``long_rows``: see :func:`paged_decode_attention`."""
     ps = cache.page_size
     page = jnp.take_along_axis(page_table, (positions // ps)[:, None], axis=1)[:, 0]  # [B]
     offset = positions % ps
@@ -54,11 +60,12 @@ def decode_step(model: Qwen2, tokens, positions, cache: PagedKVCache, page_table
         q = apply_rope(attn._project(h, attn.q_kernel, attn.q_bias), cos, sin)[:, 0]  # [B, N, H]
         k = apply_rope(attn._project(h, attn.k_kernel, attn.k_bias), cos, sin)[:, 0]  # [B, K, H]
         v = attn._project(h, attn.v_kernel, attn.v_bias)[:, 0]
+        k_pages = cache.k[i].at[:, page, offset].set(jnp.transpose(k, (1, 0, 2)).astype(cache.k[i].dtype))
+        v_pages = cache.v[i].at[:, page, offset].set(jnp.transpose(v, (1, 0, 2)).astype(cache.v[i].dtype))
         cache = cache.replace(
-            k=cache.k.at[i, :, page, offset].set(k.astype(cache.k.dtype)),  # indexed dims first: [B, K, H]
-            v=cache.v.at[i, :, page, offset].set(v.astype(cache.v.dtype)),
+            k=cache.k[:i] + (k_pages,) + cache.k[i + 1 :], v=cache.v[:i] + (v_pages,) + cache.v[i + 1 :]
         )
-        out = paged_decode_attention(q, cache.k[i], cache.v[i], positions + 1, page_table, kernel=kernel)
+        out = paged_decode_attention(q, k_pages, v_pages, positions + 1, page_table, kernel=kernel, long_rows=long_rows)
         x = x + jnp.einsum("BNH,NHD->BD", out, attn.o_kernel[...].astype(out.dtype))[:, None]
         x = x + layer.mlp(layer.post_attn_norm(x))
     return model.final_norm(x), cache

@@ -6,7 +6,9 @@ needs and returns them when it ends, so KV memory follows the live tokens, not r
 never handed out: unused table entries and idle slots point at it, so their (ignored) writes land there.
 
 The per-layer layout ``[K, pages, page_size, H]`` is the one the Pallas paged-attention kernels read
-(``jax.experimental.pallas.ops.{tpu,gpu}.paged_attention``), so a layer's slice goes to them as it is.
+(``jax.experimental.pallas.ops.{tpu,gpu}.paged_attention``). Layers are separate arrays, not one stacked
+[L, ...] array: reading a layer out of a stacked pool made XLA:CPU copy that layer's whole pool every
+decode step (a step cost that grew with the pool, not with the tokens read).
 """
 
 from __future__ import annotations
@@ -19,23 +21,26 @@ NULL_PAGE = 0  # the page that idle slots and unused table entries point at; nev
 
 @flax.struct.dataclass
 class PagedKVCache:
-    """k, v: [L, K, pages, page_size, H] (K = KV heads, never repeated for GQA)."""
+    """k, v: one [K, pages, page_size, H] array per layer (K = KV heads, never repeated for GQA)."""
 
-    k: jnp.ndarray
-    v: jnp.ndarray
+    k: tuple[jnp.ndarray, ...]
+    v: tuple[jnp.ndarray, ...]
 
     @classmethod
     def zeros(cls, num_layers: int, kv_heads: int, pages: int, page_size: int, head_dim: int, dtype) -> PagedKVCache:
-        shape = (num_layers, kv_heads, pages, page_size, head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+        shape = (kv_heads, pages, page_size, head_dim)
+        return cls(
+            k=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+            v=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+        )
 
     @property
     def pages(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1]
 
     @property
     def page_size(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     @staticmethod
     def page_bytes(num_layers: int, kv_heads: int, page_size: int, head_dim: int, itemsize: int) -> int:
