@@ -33,6 +33,7 @@ from justrl_jax.checkpoint import Checkpointer, abstract_like
 from justrl_jax.config_io import dump_yaml, to_dict
 from justrl_jax.data import PromptStream
 from justrl_jax.distributed import barrier
+from justrl_jax.kv_budget import kv_cache_budget_bytes
 from justrl_jax.metrics import MetricsWriter
 from justrl_jax.model.source import Policy, load_policy
 from justrl_jax.run_config import RunConfig
@@ -172,7 +173,8 @@ class RLRunner:
             SamplerConfig(
                 max_new_tokens=r.max_new_tokens,
                 strategy=strategy_for(r.temperature, r.top_p, r.top_k),
-                kv_cache_budget_bytes=int(r.kv_cache_budget_gb * 2**30) or None,
+                kv_cache_budget_bytes=kv_cache_budget_bytes(r.kv_cache_budget_gb),  # 0: from the device
+                max_concurrent_rows=r.max_concurrent_rows or None,
             ),
             mesh=self.mesh,
             eos_ids=policy.eos_ids,
@@ -348,6 +350,8 @@ class RLRunner:
         completion, completion_mask = rollout.completion_ids, rollout.completion_mask
         lengths, finish = completion_mask.sum(axis=1), rollout.finish
         times["time/generate_s"] = time.perf_counter() - t
+        if self.sampler.config.scheduler == "continuous":
+            times.update(self.sampler.stats.as_metrics())  # slot occupancy, preemptions, prefill/decode tokens/s
 
         t = time.perf_counter()
         texts = self.tokenizer.batch_decode(

@@ -56,7 +56,8 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = -1  # -1: off
     max_new_tokens: int = 15360
-    kv_cache_budget_gb: float = 0.0  # 0: no limit; above it the sampler runs in waves
+    kv_cache_budget_gb: float = 0.0  # KV pages per device; 0: plan from the device's free memory (CPU: no limit)
+    max_concurrent_rows: int = 0  # decode slots; 0: as many rows as the KV budget holds at full length
     length_bucket: int = 128  # completions are trimmed to a multiple of this for the update
 
     def __post_init__(self):
@@ -71,6 +72,10 @@ class RolloutConfig:
             raise ValueError(f"rollout.top_k must be -1 (off) or >= 1, got {self.top_k}")
         if self.kv_cache_budget_gb < 0:
             raise ValueError(f"rollout.kv_cache_budget_gb must be >= 0, got {self.kv_cache_budget_gb}")
+        if self.max_concurrent_rows < 0:
+            raise ValueError(
+                f"rollout.max_concurrent_rows must be >= 0 (0: from the budget), got {self.max_concurrent_rows}"
+            )
 
     @property
     def sequences(self) -> int:
@@ -173,6 +178,7 @@ class RunConfig:
             kv_cache_bytes_per_value=itemsize,
             logp_chunk_tokens=self.train.logp_chunk_size,
             sampler_waves=sampler_waves,
+            max_concurrent_rows=self.rollout.max_concurrent_rows,
         )
 
 

@@ -1,5 +1,6 @@
 """The memory plan: exact parameter/optimizer bytes from the real shapes, and refusal when too big."""
 
+import dataclasses
 import math
 
 import pytest
@@ -79,3 +80,17 @@ def test_sharded_bytes_single_device_is_whole_model():
     with pytest.raises(ValueError, match="needs 8 devices"):
         sharded_param_bytes(config, MeshConfig(4, 2), 16, 4)
     assert math.isclose(sharded_param_bytes(config, MeshConfig(4, 1), 4, 4)[0], 4 * total / 4, rel_tol=0.05)
+
+
+def test_the_kv_cache_is_counted_in_pages():
+    config = Qwen2Config()
+    inputs = PlanInputs(prompt_tokens=1024, max_new_tokens=15360, page_size=16, sampler_waves=1)
+    plan = plan_memory(config, MeshConfig.parse("4x4"), 16, inputs)
+    row_pages = math.ceil((1024 + 15360 - 1) / 16)  # the last sampled token is never fed back
+    page_bytes = 2 * config.num_layers * 16 * config.num_kv_heads * config.head_dim * 2  # 2 KV heads: not split
+    assert plan.concurrent_rows_per_device == 2048 // 4 and plan.kv_pages_per_device == 512 * row_pages
+    assert plan.kv_cache_per_device == 512 * row_pages * page_bytes
+    capped = plan_memory(config, MeshConfig.parse("4x4"), 16, dataclasses.replace(inputs, max_concurrent_rows=256))
+    assert capped.concurrent_rows_per_device == 64 and capped.sampler_waves == 8
+    assert capped.kv_cache_per_device == 64 * row_pages * page_bytes
+    assert f"{64 * row_pages:,} pages" in capped.table()

@@ -42,6 +42,7 @@ from justrl_jax.evaluation.benchmarks import VALIDATION_BENCHMARKS, BenchmarkSpe
 from justrl_jax.evaluation.eval_config import EvalConfig
 from justrl_jax.evaluation.report import EvalReport, score_benchmark, write_report
 from justrl_jax.evaluation.samples import SampleRecord, SampleStore
+from justrl_jax.kv_budget import kv_cache_budget_bytes
 from justrl_jax.prompts import PromptExample, PromptFormat, load_examples
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
 from justrl_jax.sampling import strategy_for
@@ -158,9 +159,10 @@ class CompletionGenerator:
         real = len(examples)
         if not 1 <= real <= self.rows:
             raise ValueError(f"generate takes 1..{self.rows} prompts, got {real}")
-        # Repeats of the last prompt keep the batch shape (no recompile for a short last unit); their
-        # outputs are dropped. Per-row keys make the real rows independent of the filler.
-        fill = self.rows - real
+        # Waves: repeats of the last prompt keep the batch shape (no recompile for a short last unit); their
+        # outputs are dropped. Per-row keys make the real rows independent of the filler. The continuous
+        # scheduler's programs do not depend on the row count, so it gets no filler to decode.
+        fill = self.rows - real if self.sampler.config.scheduler == "waves" else 0
         batch = collate(
             list(examples) + [examples[-1]] * fill,
             list(token_ids) + [token_ids[-1]] * fill,
@@ -298,7 +300,7 @@ def sampler_config(cfg: EvalConfig) -> SamplerConfig:
         max_new_tokens=cfg.max_new_tokens,
         strategy=strategy_for(cfg.temperature, cfg.top_p, cfg.top_k),
         prompt_bucket=cfg.bucket_multiple,
-        kv_cache_budget_bytes=int(cfg.kv_cache_budget_gb * 2**30) or None,
+        kv_cache_budget_bytes=kv_cache_budget_bytes(cfg.kv_cache_budget_gb),
         decode_chunk=cfg.decode_chunk,
     )
 
