@@ -45,9 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="rows (problem x sample) per generate call")
-    p.add_argument("--kv-cache-budget-gb", type=float, default=0.0, help="0: no limit; else sample in waves")
     p.add_argument(
-        "--decode-chunk", type=int, default=0, help="grow the KV cache this many slots at a time (0: allocate it whole)"
+        "--kv-cache-budget-gb",
+        type=float,
+        default=0.0,
+        help="KV pages per device (0: plan from the device's free memory; CPU: no limit)",
+    )
+    p.add_argument(
+        "--decode-chunk", type=int, default=0, help="(waves scheduler only) grow the dense KV cache by this many slots"
     )
     p.add_argument(
         "--max-problems", type=int, default=None, help="only the first N problems of each benchmark (smoke tests)"

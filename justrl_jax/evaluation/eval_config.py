@@ -40,8 +40,8 @@ class EvalConfig:
     top_k: int = -1  # -1: off (vLLM's default, as JustRL ran)
     seed: int = 0  # every generate call's seed derives from (seed, benchmark, sample index, problem index)
     batch_size: int = 64  # rows (problem x sample pairs) per generate call: one compiled batch shape
-    kv_cache_budget_gb: float = 0.0  # 0: no limit; above it the sampler runs a call in waves
-    decode_chunk: int = 0  # 0: one cache of prompt + max_new_tokens; C: grow the cache C slots at a time
+    kv_cache_budget_gb: float = 0.0  # KV pages per device; 0: plan from the device's free memory (CPU: no limit)
+    decode_chunk: int = 0  # waves scheduler only: grow the dense cache C slots at a time
     prompt_format: PromptFormat = PromptFormat.EVAL
     max_problems: int | None = None  # None: every problem; else the first N of each benchmark (smoke tests)
     bucket_multiple: int = 64  # prompts are left-padded to a multiple of this (few compiled shapes)
