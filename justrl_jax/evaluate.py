@@ -43,8 +43,9 @@ _SHORTCUTS = (
     ("--top-p", "top_p", float, "default 0.9"),
     ("--seed", "seed", int, "default 0"),
     ("--batch-size", "batch_size", int, "rows (problem x sample) per generate call (default 64)"),
-    ("--kv-cache-budget-gb", "kv_cache_budget_gb", float, "0: no limit (default); else sample in waves"),
-    ("--decode-chunk", "decode_chunk", int, "grow the KV cache this many slots at a time (0: allocate it whole)"),
+    ("--kv-cache-budget-gb", "kv_cache_budget_gb", float, "KV GiB per device; 0: plan from the device (default)"),
+    ("--max-concurrent-rows", "max_concurrent_rows", int, "decode slots (0: as many as the KV budget holds)"),
+    ("--decode-chunk", "decode_chunk", int, "waves scheduler only: grow the dense KV cache this many slots at a time"),
     ("--max-problems", "max_problems", int, "only the first N problems of each benchmark (smoke tests)"),
     ("--prompt-format", "prompt_format", str, "eval (default): 'problem Please reason...'; train: the '\\n\\n' one"),
     (

@@ -6,7 +6,11 @@ through. Each output line adds ``n`` samples: ``completion`` (text), ``completio
 ``logprobs`` (per token, under the sampling policy) and ``finish_reason`` (``stop`` or ``length``).
 
 Settings come from the defaults < ``--config FILE`` (YAML of :class:`GenerateConfig` keys) < the
-shortcut flags (``--temperature 0.7`` is ``--set temperature=0.7``) < ``--set KEY=VALUE``. Example::
+shortcut flags (``--temperature 0.7`` is ``--set temperature=0.7``) < ``--set KEY=VALUE``.
+
+All prompts stream through one continuous-batching scheduler: ``--max-concurrent-rows`` decode slots,
+each refilled with the next pending sample as soon as its row ends; output lines keep the input order.
+(``--scheduler waves`` runs the static waves, ``--batch-size`` prompts per call.) Example::
 
     python -m justrl_jax.generate --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B \\
         --prompts problems.jsonl --output samples.jsonl --n 8 --temperature 0.7 --top-p 0.9
@@ -73,13 +77,18 @@ class GenerateConfig(SamplingSettings):
     batch_size: int = 64
     prompt_bucket: int = 64
     dtype: str = "float32"
+    max_concurrent_rows: int = 128
+    scheduler: str = "continuous"
+    steps_per_call: int = 16
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("n", "batch_size", "prompt_bucket"):
+        for name in ("n", "batch_size", "prompt_bucket", "steps_per_call"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"generate.{name} must be an integer >= 1, got {value!r}")
+        if self.scheduler not in ("continuous", "waves"):
+            raise ValueError(f"generate.scheduler must be continuous or waves, got {self.scheduler!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"generate.dtype must be float32 or bfloat16, got {self.dtype!r}")
 
@@ -94,9 +103,12 @@ _SHORTCUTS = (
     ("--greedy", "greedy", bool, "the most likely token at every step"),
     ("--seed", "seed", int, "default 0"),
     ("--raw", "raw", bool, "do not apply the chat template to text prompts"),
-    ("--batch-size", "batch_size", int, "prompts per generate call (default 64)"),
+    ("--max-concurrent-rows", "max_concurrent_rows", int, "decode slots: rows decoded at once (default 128)"),
+    ("--steps-per-call", "steps_per_call", int, "decode steps per device call between refills (default 16)"),
+    ("--scheduler", "scheduler", str, "continuous (default): one stream of every prompt; waves: --batch-size"),
+    ("--batch-size", "batch_size", int, "(waves) prompts per generate call (default 64)"),
     ("--prompt-bucket", "prompt_bucket", int, "prompts are left-padded to a multiple of this (default 64)"),
-    ("--kv-cache-budget-gb", "kv_cache_budget_gb", float, "KV-cache GiB per device; above it a call runs in waves"),
+    ("--kv-cache-budget-gb", "kv_cache_budget_gb", float, "KV-cache GiB per device (0: plan from the device)"),
     ("--decode-chunk", "decode_chunk", int, "grow the KV cache by this many tokens at a time (0: allocate it whole)"),
     ("--dtype", "dtype", str, "float32 (default) or bfloat16"),
 )
@@ -139,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     try:  # settings and prompts are checked before the model is loaded
         cfg = load_generate_config(args)
         rows = read_prompt_lines(args.prompts)
-        sampler_config = cfg.sampler_config(prompt_bucket=cfg.prompt_bucket)
+        sampler_config = dataclasses.replace(
+            cfg.sampler_config(prompt_bucket=cfg.prompt_bucket),
+            scheduler=cfg.scheduler,
+            steps_per_call=cfg.steps_per_call,
+        )
         check_output(args.output, [args.prompts], overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -184,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     key = jax.random.key(cfg.seed)
     # Written under a temporary name: a failure leaves an existing --output as it was.
     with atomic_file(args.output) as out:
-        for start in range(0, len(rows), cfg.batch_size):
-            chunk = list(range(start, min(start + cfg.batch_size, len(rows))))
+        per_call = cfg.batch_size if cfg.scheduler == "waves" else len(rows)  # continuous: one scheduler
+        for start in range(0, len(rows), per_call):
+            chunk = list(range(start, min(start + per_call, len(rows))))
             examples = [PromptExample(problem=str(i), gold="") for i in chunk]
             batch = collate(examples, [token_ids[i] for i in chunk], int(pad_id), bucket_multiple=cfg.prompt_bucket)
             rollout = sampler.generate(
@@ -212,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
                 out.write(json.dumps({**rows[i], "prompt_token_ids": token_ids[i], "samples": samples}) + "\n")
+    if cfg.scheduler == "continuous":
+        stats = sampler.stats
+        rates = stats.as_metrics()
+        print(
+            f"{stats.slots} slots: occupancy {stats.slot_occupancy:.2f}, {stats.preemptions} preemptions, "
+            f"prefill {rates['rollout/prefill_tokens_per_s']:.0f} tokens/s, "
+            f"decode {rates['rollout/decode_tokens_per_s']:.0f} tokens/s",
+            file=sys.stderr,
+        )
     print(f"wrote {len(rows)} prompts x {cfg.n} samples to {args.output}", file=sys.stderr)
     return 0
 

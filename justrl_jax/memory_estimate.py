@@ -44,7 +44,7 @@ class _MeshShape:
     shape: dict[str, int]
 
 
-_MAY_BE_ZERO = ("sampler_waves", "packed_row_tokens", "micro_batch_tokens", "update_copies")
+_MAY_BE_ZERO = ("sampler_waves", "max_concurrent_rows", "packed_row_tokens", "micro_batch_tokens", "update_copies")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,8 @@ class PlanInputs:
     param_bytes: int = 4  # fp32 master weights
     logp_chunk_tokens: int = 1024  # sequence chunk for logprobs/entropy
     sampler_waves: int = 0  # generation split into this many waves; 0 = as few as fit the device
+    page_size: int = 16  # tokens per KV page (the continuous sampler's)
+    max_concurrent_rows: int = 0  # decode slots over all devices; 0: as many as fit (see sampler_waves)
     packed_row_tokens: int = 0  # train.max_tokens_per_row; 0 = the padded layout (one sequence a row)
     micro_batch_tokens: int = 0  # packed: tokens per device per micro-batch (0 = one row)
     attention: str = "auto"  # model.attention; auto is resolved by the device (see attention_for)
@@ -121,6 +123,9 @@ class MemoryPlan:
     activations_per_device: int
     total_params: int
     device_memory: int | None
+    kv_pages_per_device: int = 0  # pages the KV pool holds (every concurrent row at full length)
+    kv_page_size: int = 16
+    concurrent_rows_per_device: int = 0
 
     @property
     def training_peak(self) -> int:
@@ -142,7 +147,12 @@ class MemoryPlan:
             ("parameters (fp32)", self.params_per_device),
             ("gradients (fp32)", self.grads_per_device),
             ("AdamW moments (2 x fp32)", self.optimizer_per_device),
-            (f"KV cache (generation, {self.sampler_waves} wave(s))", self.kv_cache_per_device),
+            (
+                f"KV cache ({self.concurrent_rows_per_device} rows at once x "
+                f"{self.kv_pages_per_device // max(self.concurrent_rows_per_device, 1)} pages of "
+                f"{self.kv_page_size} tokens = {self.kv_pages_per_device:,} pages; {self.sampler_waves} row turn(s))",
+                self.kv_cache_per_device,
+            ),
             ("activations (one micro-batch)", self.activations_per_device),
             ("peak, training", self.training_peak),
             ("peak, generation", self.generation_peak),
@@ -189,18 +199,26 @@ def plan_memory(
     params, total = sharded_param_bytes(config, mesh, num_devices, inputs.param_bytes)
     fp32_params = params // inputs.param_bytes * 4
 
-    # KV cache: sequences split over fsdp; KV heads over tensor only when divisible.
+    # KV cache, in pages (the continuous sampler's pool): rows split over fsdp; KV heads over tensor only
+    # when divisible. A row at its longest holds ceil((prompt + new - 1) / page_size) pages; the pool is
+    # planned for every concurrent row at full length (more rows than that may run, and preempt).
     kv_heads = config.num_kv_heads // tensor if config.num_kv_heads % tensor == 0 else config.num_kv_heads
     slots = inputs.prompt_tokens + inputs.max_new_tokens
-    per_seq = 2 * config.num_layers * slots * kv_heads * config.head_dim * inputs.kv_cache_bytes_per_value
+    row_pages = math.ceil((slots - 1) / inputs.page_size)
+    page_bytes = 2 * config.num_layers * inputs.page_size * kv_heads * config.head_dim * inputs.kv_cache_bytes_per_value
+    per_seq = row_pages * page_bytes
     seqs_total = math.ceil(inputs.rollout_sequences / fsdp)
+    if inputs.max_concurrent_rows:
+        seqs_total = min(seqs_total, math.ceil(inputs.max_concurrent_rows / fsdp))
     waves = inputs.sampler_waves
     if waves == 0:
         waves = 1
-        if device is not None:  # as few waves as leave the cache room beside params and optimizer
+        if device is not None:  # as few turns as leave the cache room beside params and optimizer
             room = DEVICE_MEMORY[device] - 4 * fp32_params
             waves = max(1, math.ceil(seqs_total * per_seq / room)) if room > per_seq else seqs_total
-    kv = math.ceil(seqs_total / waves) * per_seq
+    concurrent = math.ceil(seqs_total / waves)
+    waves = math.ceil(math.ceil(inputs.rollout_sequences / fsdp) / concurrent)
+    kv = concurrent * per_seq
 
     # Activations of one micro-batch (rows x w tokens on this device): remat keeps each layer's input;
     # live_layers layers are live at a time (MLP hidden and the attention's working set, with their
@@ -229,6 +247,9 @@ def plan_memory(
         optimizer_per_device=2 * fp32_params,
         kv_cache_per_device=kv,
         sampler_waves=waves,
+        kv_pages_per_device=concurrent * row_pages,
+        kv_page_size=inputs.page_size,
+        concurrent_rows_per_device=concurrent,
         activations_per_device=activations,
         total_params=total,
         device_memory=DEVICE_MEMORY.get(device) if device else None,

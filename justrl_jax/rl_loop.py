@@ -176,6 +176,8 @@ class RLRunner:
             rollout = self.sampler.generate(
                 self.state.params, batch.prompt_ids, batch.prompt_mask, n=g, key=key, logprobs=True
             )
+        # The continuous scheduler's slot occupancy, preemptions and prefill/decode tokens/s.
+        sched = self.sampler.stats.as_metrics() if self.sampler.config.scheduler == "continuous" else {}
         with timer("verify"):
             ids = [row[:n] for row, n in zip(rollout.completion_ids, rollout.lengths, strict=True)]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -209,6 +211,7 @@ class RLRunner:
             "data/epoch": self.stream.epoch,
             "perf/generated_tokens_per_s": int(rollout.lengths.sum()) / max(times["time/generate_s"], 1e-9),
             "perf/train_tokens_per_s": float(tm.total_tokens) / max(times["time/update_s"], 1e-9),
+            **sched,
             **times,
         }
 

@@ -190,6 +190,7 @@ class RunConfig:
             kv_cache_bytes_per_value=itemsize,
             logp_chunk_tokens=self.train.logp_chunk_size,
             sampler_waves=sampler_waves,
+            max_concurrent_rows=self.rollout.max_concurrent_rows,
             packed_row_tokens=self.train.max_tokens_per_row or 0,
             micro_batch_tokens=(self.train.micro_batch_tokens or 0) if self.train.max_tokens_per_row else 0,
             attention=self.model.attention,

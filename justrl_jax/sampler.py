@@ -42,9 +42,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from justrl_jax.continuous_batching import BatchingStats, ContinuousBatcher, plan_pages
 from justrl_jax.global_arrays import to_global, to_host
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.model.kv_cache import KVCache
+from justrl_jax.model.paged_attention import KERNELS
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
 from justrl_jax.sampling import Greedy, Strategy, Temperature, TopK, TopP
 from justrl_jax.sharding import axis_size, data_parallel_size, logical_spec
@@ -92,9 +94,16 @@ class SamplerConfig:
     prompt_bucket: prompts are left-padded to a multiple of this, so lengths in one bucket share a compile.
     kv_cache_budget_bytes: KV-cache bytes allowed per device (None: no limit); above it the rows run in
         waves. The planner counts the peak: the decode cache plus the smaller one it grows from.
-    decode_chunk: 0 = one cache of prompt + max_new_tokens slots; C > 0 = start with C new slots and grow
-        by C when full (attention cost follows the length reached; one compile per size).
+    decode_chunk: (waves only) 0 = one cache of prompt + max_new_tokens slots; C > 0 = start with C new slots
+        and grow by C when full (attention cost follows the length reached; one compile per size).
     cache_dtype: dtype of the KV cache (None: the model's compute dtype).
+    scheduler: "continuous" (decode slots over a paged KV cache, refilled as rows end; see
+        :mod:`justrl_jax.continuous_batching`) or "waves" (static waves over a dense cache).
+    max_concurrent_rows: (continuous) decode slots; None: what the KV budget holds at full length (no
+        budget: every row at once). More slots than the pool holds at full length may preempt rows.
+    page_size: (continuous) tokens per KV page.
+    steps_per_call: (continuous) decode steps per device call; finished slots are refilled between calls.
+    attention_kernel: (continuous) paged decode attention: "auto", "jax", "pallas_gpu", "pallas_tpu".
     """
 
     max_new_tokens: int
@@ -103,9 +112,14 @@ class SamplerConfig:
     kv_cache_budget_bytes: int | None = None
     decode_chunk: int = 0
     cache_dtype: Any = None
+    scheduler: str = "continuous"
+    max_concurrent_rows: int | None = None
+    page_size: int = 16
+    steps_per_call: int = 16
+    attention_kernel: str = "auto"
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "prompt_bucket"):
+        for name in ("max_new_tokens", "prompt_bucket", "page_size", "steps_per_call"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"sampler.{name} must be an integer >= 1, got {value!r}")
@@ -120,6 +134,13 @@ class SamplerConfig:
             )
         if not isinstance(self.decode_chunk, int) or self.decode_chunk < 0:
             raise ValueError(f"sampler.decode_chunk must be an integer >= 0 (0: off), got {self.decode_chunk!r}")
+        if self.scheduler not in ("continuous", "waves"):
+            raise ValueError(f"sampler.scheduler must be 'continuous' or 'waves', got {self.scheduler!r}")
+        rows = self.max_concurrent_rows
+        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+            raise ValueError(f"sampler.max_concurrent_rows must be None or an integer >= 1, got {rows!r}")
+        if self.attention_kernel not in KERNELS:
+            raise ValueError(f"sampler.attention_kernel must be one of {KERNELS}, got {self.attention_kernel!r}")
         if self.cache_dtype is not None:
             try:
                 jnp.dtype(self.cache_dtype)
@@ -254,6 +275,12 @@ class Sampler:
         self.decode_fn = jax.jit(self._decode, donate_argnames=("state",))
         # Not donated: the grown cache has a new shape, so XLA could not reuse the old buffers anyway.
         self.grow_fn = jax.jit(self._grow_state, static_argnames=("slots",))
+        self.batcher = ContinuousBatcher(self.graphdef, config, mesh, self.eos_ids, self.pad_id)
+
+    @property
+    def stats(self) -> BatchingStats:
+        """Slot occupancy, preemptions, prefill/decode throughput of the last continuous generate call."""
+        return self.batcher.stats
 
     # --- the compiled programs -------------------------------------------------------------------
 
@@ -379,7 +406,27 @@ class Sampler:
 
         dp = data_parallel_size(self.mesh) if self.mesh is not None else 1
         tensor = axis_size(self.mesh, "kv_heads")
-        itemsize = jnp.dtype(self.config.cache_dtype or compute_dtype).itemsize
+        cache_dtype = jnp.dtype(self.config.cache_dtype or compute_dtype)
+        itemsize = cache_dtype.itemsize
+        if self.config.scheduler == "continuous":
+            # Planned for the bucketed width, so every prompt length in a bucket gets the same pool (one compile).
+            pages = plan_pages(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
+            params = reshard_params(params, self.mesh)
+            tokens, sampled_logps, lengths, eos = self.batcher.run(
+                params,
+                bucket_ids,
+                bucket_mask,
+                _row_keys(key, rows),
+                slots=pages.slots,
+                pages=pages.pages,
+                page_size=pages.page_size,
+                dp=dp,
+                cache_dtype=cache_dtype,
+            )
+            out = {"tokens": tokens, "length": lengths, "eos": eos}
+            return self._rollout(
+                out, prompt_ids, prompt_mask, n, to_global(sampled_logps, self.mesh) if logprobs else None
+            )
         plan = plan_waves(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
         params = reshard_params(params, self.mesh)
         row_keys = _row_keys(key, rows)
@@ -396,15 +443,21 @@ class Sampler:
                 wave_logprobs.append(state.logprobs if fill == 0 else state.logprobs[: hi - lo])
 
         out = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+        sampled = None
+        if logprobs:
+            sampled = jnp.concatenate(wave_logprobs) if len(wave_logprobs) > 1 else wave_logprobs[0]
+        return self._rollout(out, prompt_ids, prompt_mask, n, sampled)
+
+    def _rollout(
+        self, out: dict[str, np.ndarray], prompt_ids, prompt_mask, n: int, logprobs: jax.Array | None
+    ) -> Rollout:
         t = self.config.max_new_tokens
         return Rollout(
             prompt_ids=np.repeat(np.asarray(prompt_ids, np.int32), n, axis=0),
             prompt_mask=np.repeat(np.asarray(prompt_mask).astype(bool), n, axis=0),
             completion_ids=out["tokens"],
             completion_mask=np.arange(t)[None, :] < out["length"][:, None],
-            logprobs=(jnp.concatenate(wave_logprobs) if len(wave_logprobs) > 1 else wave_logprobs[0])
-            if logprobs
-            else None,
+            logprobs=logprobs,
             lengths=out["length"].astype(np.int32),
             finish=np.where(out["eos"], FinishReason.EOS, FinishReason.LENGTH).astype(np.int8),
         )

@@ -26,9 +26,11 @@ def _is_int(value) -> bool:
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
     """temperature > 0 (``greedy`` picks the most likely token instead); ``top_p`` in (0, 1]; ``top_k`` -1
-    (off) or >= 1; ``max_new_tokens`` per completion; ``kv_cache_budget_gb`` per device (0: no limit,
-    above it the sampler runs in waves); ``decode_chunk`` (0: one cache of prompt + max_new_tokens;
-    C: grow it C slots at a time)."""
+    (off) or >= 1; ``max_new_tokens`` per completion; ``kv_cache_budget_gb`` per device (0: plan from the
+    device's free memory, no limit where the device reports none, e.g. CPU; see :mod:`justrl_jax.kv_budget`);
+    ``max_concurrent_rows``: decode slots of the continuous scheduler (0: as many as the budget allows);
+    ``decode_chunk`` (waves scheduler; 0: one cache of prompt + max_new_tokens; C: grow it C slots at a
+    time)."""
 
     section: ClassVar[str] = "sampling"  # the config section named in errors
 
@@ -38,6 +40,7 @@ class SamplingSettings:
     greedy: bool = False
     max_new_tokens: int = 1024
     kv_cache_budget_gb: float = 0.0
+    max_concurrent_rows: int = 0
     decode_chunk: int = 0
 
     def __post_init__(self):
@@ -55,7 +58,12 @@ class SamplingSettings:
             raise ValueError(f"{s}.max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         budget = self.kv_cache_budget_gb
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
-            raise ValueError(f"{s}.kv_cache_budget_gb must be >= 0 (0: no limit), got {budget!r}")
+            raise ValueError(f"{s}.kv_cache_budget_gb must be >= 0 (0: plan from the device), got {budget!r}")
+        if not _is_int(self.max_concurrent_rows) or self.max_concurrent_rows < 0:
+            raise ValueError(
+                f"{s}.max_concurrent_rows must be an integer >= 0 (0: what the KV budget allows), "
+                f"got {self.max_concurrent_rows!r}"
+            )
         if not _is_int(self.decode_chunk) or self.decode_chunk < 0:
             raise ValueError(f"{s}.decode_chunk must be an integer >= 0 (0: off), got {self.decode_chunk!r}")
 
@@ -74,12 +82,14 @@ class SamplingSettings:
         return strategy_for(self.temperature, self.top_p, self.top_k, greedy=self.greedy)
 
     def sampler_config(self, prompt_bucket: int = 64):
+        from justrl_jax.kv_budget import kv_cache_budget_bytes
         from justrl_jax.sampler import SamplerConfig
 
         return SamplerConfig(
             max_new_tokens=self.max_new_tokens,
             strategy=self.strategy(),
             prompt_bucket=prompt_bucket,
-            kv_cache_budget_bytes=int(self.kv_cache_budget_gb * 2**30) or None,
+            kv_cache_budget_bytes=kv_cache_budget_bytes(self.kv_cache_budget_gb),
+            max_concurrent_rows=self.max_concurrent_rows or None,
             decode_chunk=self.decode_chunk,
         )

@@ -15,8 +15,17 @@ Usage::
 
     python scripts/bench_sampler.py                       # batches 8, 32, 128; 64 prompt + 128 new tokens
     python scripts/bench_sampler.py --batches 8 --iters 5 --new-tokens 256
+    python scripts/bench_sampler.py --workload longtail   # 1,024 rows, EOS ~1/330 per step, cap 1,024
 
 Each batch prints a line ending in ``ratio <justrl_jax tokens/s / transformers tokens/s>`` (above 1 is faster).
+
+``--workload longtail`` is what an RL step looks like: response lengths are long-tailed. A random model
+over a ~330-token vocabulary at T = 1 draws the EOS id with probability ~1/330 per step, so lengths are
+roughly geometric (mean ~300) with a few rows reaching the 1,024-token cap. justrl_jax streams every row
+through ``--max-concurrent-rows`` slots (continuous batching); transformers runs ``generate`` the way users
+do, in static batches of that size, each until its longest row ends. Useful tokens are the sampled tokens
+up to and including each row's EOS; both sides are timed once, after a warm-up (compilation) run of
+justrl_jax on a few rows.
 """
 
 from __future__ import annotations
@@ -94,9 +103,83 @@ class JaxGenerate:
         return int(rollout.completion_mask.sum())
 
 
+def _torch_useful_tokens(hf, prompts: np.ndarray, new_tokens: int, eos: int, batch: int) -> tuple[int, float]:
+    """transformers ``generate`` in static batches of ``batch`` rows -> (useful tokens, seconds)."""
+    import torch
+
+    useful, start = 0, time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(prompts), batch):
+            ids = torch.as_tensor(prompts[lo : lo + batch], dtype=torch.long)
+            out = hf.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=new_tokens,
+                eos_token_id=eos,
+                pad_token_id=0,
+            )[:, ids.shape[1] :].numpy()
+            hit = out == eos
+            first = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, out.shape[1])  # EOS included
+            useful += int(first.sum())
+    return useful, time.perf_counter() - start
+
+
+def longtail(args, hf, model, torch_threads: int) -> None:
+    params = nnx.state(model, nnx.Param)
+    eos = args.vocab - 1
+    config = SamplerConfig(
+        max_new_tokens=args.new_tokens,
+        strategy=Temperature(1.0),
+        prompt_bucket=args.prompt,
+        max_concurrent_rows=args.max_concurrent_rows,
+        steps_per_call=args.steps_per_call,
+        page_size=args.page_size,
+    )
+    sampler = Sampler(model, config, eos_ids=(eos,), pad_id=0)
+    prompts = np.random.default_rng(0).integers(1, args.vocab - 1, (args.rows, args.prompt)).astype(np.int32)
+    mask = np.ones(prompts.shape, bool)
+    print(
+        f"longtail: jax {jax.devices()[0].platform}, torch {torch_threads} threads; vocab {args.vocab} (EOS id "
+        f"{eos}), hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} heads; fp32; "
+        f"{args.rows} rows of {args.prompt} prompt tokens, cap {args.new_tokens} new tokens, "
+        f"{args.max_concurrent_rows} rows at once",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    sampler.generate(params, prompts[: args.max_concurrent_rows], mask[: args.max_concurrent_rows], key=99)
+    print(f"justrl_jax warm-up (compiles) {time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
+    rollout = sampler.generate(params, prompts, mask, key=1)
+    jax_s = time.perf_counter() - t0
+    jax_useful = int(rollout.lengths.sum())
+    st = sampler.stats
+    print(
+        f"justrl_jax  : {jax_useful:9,d} useful tokens in {jax_s:7.1f} s = {jax_useful / jax_s:9,.0f} tokens/s  "
+        f"(mean length {rollout.lengths.mean():.0f}, {int((rollout.lengths == args.new_tokens).sum())} at the cap; "
+        f"occupancy {st.slot_occupancy:.2f}, {st.decode_calls} decode calls, {st.prefill_calls} prefills, "
+        f"{st.preemptions} preemptions; prefill {st.prefill_seconds:.1f} s, decode {st.decode_seconds:.1f} s, "
+        f"host {jax_s - st.prefill_seconds - st.decode_seconds:.1f} s)",
+        flush=True,
+    )
+    if args.skip_transformers:
+        return
+    torch_useful, torch_s = _torch_useful_tokens(hf, prompts, args.new_tokens, eos, args.max_concurrent_rows)
+    print(
+        f"transformers: {torch_useful:9,d} useful tokens in {torch_s:7.1f} s = {torch_useful / torch_s:9,.0f} "
+        f"tokens/s (static batches of {args.max_concurrent_rows})",
+        flush=True,
+    )
+    print(f"ratio {(jax_useful / jax_s) / (torch_useful / torch_s):.2f} (justrl_jax / transformers useful tokens/s)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--workload", choices=("fixed", "longtail"), default="fixed")
+    ap.add_argument("--vocab", type=int, default=None, help="default: 32,000 (fixed), 330 (longtail)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
@@ -104,10 +187,19 @@ def main():
     ap.add_argument("--mlp", type=int, default=1024)
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per row")
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--decode-chunk", type=int, default=0, help="justrl_jax SamplerConfig.decode_chunk")
+    ap.add_argument("--new-tokens", type=int, default=None, help="default: 128 (fixed), 1,024 (longtail cap)")
+    ap.add_argument("--decode-chunk", type=int, default=0, help="justrl_jax SamplerConfig.decode_chunk (waves)")
+    ap.add_argument("--scheduler", choices=("continuous", "waves"), default="continuous", help="(fixed)")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=1024, help="(longtail) rows, one prompt each")
+    ap.add_argument("--max-concurrent-rows", type=int, default=128, help="(longtail) slots; transformers' batch")
+    ap.add_argument("--steps-per-call", type=int, default=16, help="justrl_jax decode steps per device call")
+    ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--skip-transformers", action="store_true", help="(longtail) time justrl_jax only")
     args = ap.parse_args()
+    longtail_run = args.workload == "longtail"
+    args.vocab = args.vocab or (330 if longtail_run else 32000)
+    args.new_tokens = args.new_tokens or (1024 if longtail_run else 128)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is first imported (see the docstring)
     import torch
 
@@ -115,6 +207,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         model = load_hf_model(tmp)  # the very same weights, through the HF importer
+    if longtail_run:
+        longtail(args, hf, model, torch.get_num_threads())
+        return
     params = nnx.state(model, nnx.Param)
     sampler = Sampler(
         model,
@@ -123,6 +218,9 @@ def main():
             strategy=Temperature(1.0),
             prompt_bucket=args.prompt,
             decode_chunk=args.decode_chunk,
+            scheduler=args.scheduler,
+            steps_per_call=args.steps_per_call,
+            page_size=args.page_size,
         ),
         eos_ids=(),
         pad_id=0,
@@ -130,7 +228,8 @@ def main():
     print(
         f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
         f"vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} heads, "
-        f"mlp {args.mlp}; fp32; {args.prompt} prompt + {args.new_tokens} new tokens, sampling at T=1, no EOS"
+        f"mlp {args.mlp}; fp32; {args.prompt} prompt + {args.new_tokens} new tokens, sampling at T=1, no EOS; "
+        f"{args.scheduler} scheduler"
     )
 
     rng = np.random.default_rng(0)

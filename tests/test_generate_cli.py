@@ -65,6 +65,46 @@ def test_greedy_cli_equals_transformers(tmp_path):
         assert np.isfinite(sample["logprobs"]).all()
 
 
+def test_greedy_cli_with_rows_ending_apart_and_slots_reused_equals_transformers(tmp_path):
+    path, ref = make_hf_qwen2(tmp_path / "hf", vocab=448, hidden=64, heads=4, kv_heads=2, seed=7)
+    save_tiny_tokenizer(ChatStyle.DEEPSEEK, path)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(1, 448, size=int(n)).tolist() for n in (3, 9, 1, 14, 6, 2, 11, 5)]
+    new = 20
+    with torch.no_grad():
+        free = [
+            ref.generate(
+                input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                do_sample=False, max_new_tokens=new, eos_token_id=None, pad_token_id=0,
+            )[0, len(p) :].tolist()
+            for p in prompts
+        ]  # fmt: skip
+    # Stop ids taken from the greedy runs themselves, so rows end at different steps (some run to the cap).
+    eos = sorted({free[0][2], free[3][9], free[5][15]})
+    gen_config = path / "generation_config.json"
+    gen_config.write_text(json.dumps({**json.loads(gen_config.read_text()), "eos_token_id": eos}))
+    expected = []
+    for tokens in free:
+        stop = next((i for i, t in enumerate(tokens) if t in eos), len(tokens) - 1)
+        expected.append(tokens[: stop + 1])
+    assert len({len(e) for e in expected}) >= 3
+    lines = [json.dumps({"prompt_ids": p, "id": i}) + "\n" for i, p in enumerate(prompts)]
+    (tmp_path / "p.jsonl").write_text("".join(lines))
+    out = tmp_path / "out.jsonl"
+    res = _run(
+        "--model", str(path), "--prompts", str(tmp_path / "p.jsonl"), "--output", str(out), "--greedy",
+        "--max-new-tokens", str(new), "--max-concurrent-rows", "2", "--steps-per-call", "3", "--prompt-bucket", "4",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "2 slots" in res.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(range(len(prompts)))  # input order
+    for row, want in zip(rows, expected, strict=True):
+        sample = row["samples"][0]
+        assert sample["completion_ids"] == want
+        assert sample["finish_reason"] == ("stop" if want[-1] in eos else "length")
+
+
 def test_malformed_prompt_line_is_named(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "ok"}\n{"prompt": \n')

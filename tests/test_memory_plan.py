@@ -1,5 +1,6 @@
 """The memory plan: exact parameter/optimizer bytes from the real shapes, and refusal when too big."""
 
+import dataclasses
 import math
 
 import pytest
@@ -123,3 +124,17 @@ def test_presets_plan_packed_rows():
     inputs = cfg.plan_inputs(fsdp=4)
     assert (inputs.packed_row_tokens, inputs.micro_batch_tokens, inputs.attention) == (16384, 32768, "auto")
     assert inputs.micro_batch_shape() == (2, 16384)
+
+
+def test_the_kv_cache_is_counted_in_pages():
+    config = Qwen2Config()
+    inputs = PlanInputs(prompt_tokens=1024, max_new_tokens=15360, page_size=16, sampler_waves=1)
+    plan = plan_memory(config, MeshConfig.parse("4x4"), 16, inputs)
+    row_pages = math.ceil((1024 + 15360 - 1) / 16)  # the last sampled token is never fed back
+    page_bytes = 2 * config.num_layers * 16 * config.num_kv_heads * config.head_dim * 2  # 2 KV heads: not split
+    assert plan.concurrent_rows_per_device == 2048 // 4 and plan.kv_pages_per_device == 512 * row_pages
+    assert plan.kv_cache_per_device == 512 * row_pages * page_bytes
+    capped = plan_memory(config, MeshConfig.parse("4x4"), 16, dataclasses.replace(inputs, max_concurrent_rows=256))
+    assert capped.concurrent_rows_per_device == 64 and capped.sampler_waves == 8
+    assert capped.kv_cache_per_device == 64 * row_pages * page_bytes
+    assert f"{64 * row_pages:,} pages" in capped.table()

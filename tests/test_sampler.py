@@ -49,7 +49,9 @@ def test_waves_give_the_same_rollout_as_one_pass(model):
     assert plain.logprobs is None and isinstance(one.logprobs, jax.Array)
     np.testing.assert_array_equal(plain.completion_ids, one.completion_ids)
     budget = 2 * (_row_bytes(8) + _row_bytes(8 + NEW))  # two rows at the peak (prefill cache + decode cache)
-    waved = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8, kv_cache_budget_bytes=budget)
+    waved = SamplerConfig(
+        max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8, kv_cache_budget_bytes=budget, scheduler="waves"
+    )
     plan = plan_waves(CFG, waved, rows=6, prompt_width=8)
     assert (plan.wave_rows, plan.waves) == (2, 3) and plan.peak_bytes_per_device <= budget
     out = Sampler(model, waved, eos_ids=(7, 9), pad_id=0).generate(model, ids, mask, n=2, key=5, logprobs=True)
@@ -68,9 +70,12 @@ def test_waves_give_the_same_rollout_as_one_pass(model):
 
 
 def test_an_impossible_budget_says_what_to_lower(model):
-    config = SamplerConfig(max_new_tokens=NEW, prompt_bucket=8, kv_cache_budget_bytes=_row_bytes(8 + NEW))
-    with pytest.raises(ValueError, match="cannot hold one sequence per device.*max_new_tokens"):
-        Sampler(model, config, eos_ids=(), pad_id=0).generate(model, *_prompts([3], 8), n=1, key=0)
+    for scheduler in ("waves", "continuous"):
+        config = SamplerConfig(
+            max_new_tokens=NEW, prompt_bucket=8, kv_cache_budget_bytes=_row_bytes(8 + NEW) // 2, scheduler=scheduler
+        )
+        with pytest.raises(ValueError, match="cannot hold one sequence per device.*max_new_tokens"):
+            Sampler(model, config, eos_ids=(), pad_id=0).generate(model, *_prompts([3], 8), n=1, key=0)
 
 
 @pytest.mark.parametrize("dp, tensor", [(1, 1), (4, 4), (4, 2)])
@@ -96,7 +101,9 @@ def test_plan_waves_takes_the_largest_wave_that_fits(dp, tensor):
 def test_a_growing_cache_gives_the_same_rollout(model):
     ids, mask = _prompts([2, 6, 4, 5], 6, seed=1)
     plain = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8)
-    chunked = SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8, decode_chunk=3)
+    chunked = SamplerConfig(
+        max_new_tokens=NEW, strategy=Temperature(1.0), prompt_bucket=8, decode_chunk=3, scheduler="waves"
+    )
     assert chunked.segments(8) == [11, 14, 16]
     a = Sampler(model, plain, eos_ids=(3,), pad_id=0).generate(model, ids, mask, n=2, key=9, logprobs=True)
     grown = Sampler(model, chunked, eos_ids=(3,), pad_id=0)
@@ -115,7 +122,10 @@ def test_the_loop_stops_when_every_row_has_finished(model):
     stop = max(int(np.argmax(np.isin(row, eos))) + 1 for row in tokens)
     assert stop <= 4
     sampler = Sampler(
-        model, SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8), eos_ids=eos, pad_id=0
+        model,
+        SamplerConfig(max_new_tokens=NEW, strategy=Greedy(), prompt_bucket=8, scheduler="waves"),
+        eos_ids=eos,
+        pad_id=0,
     )
     params = nnx.state(model, nnx.Param)
     state = sampler.prefill_fn(params, ids, mask, np.zeros((2, 2), np.uint32), np.ones(2, bool), slots=8 + NEW)

@@ -147,18 +147,23 @@ def test_sampled_frequencies_match_the_distribution(strategy, truncate):
 
 
 @pytest.mark.slow
-def test_no_recompilation_within_a_prompt_bucket(tiny):
+@pytest.mark.parametrize("scheduler", ["waves", "continuous"])
+def test_no_recompilation_within_a_prompt_bucket(tiny, scheduler):
     _, _, model = tiny
-    sampler = Sampler(
-        model, SamplerConfig(max_new_tokens=4, strategy=Temperature(1.0), prompt_bucket=16), eos_ids=(), pad_id=0
+    config = SamplerConfig(max_new_tokens=4, strategy=Temperature(1.0), prompt_bucket=16, scheduler=scheduler)
+    sampler = Sampler(model, config, eos_ids=(), pad_id=0)
+    prefill, decode = (
+        (sampler.prefill_fn, sampler.decode_fn)
+        if scheduler == "waves"
+        else (sampler.batcher.prefill_fn, sampler.batcher.decode_fn)
     )
     sampler.generate(model, *_prompts([3, 10], 128, 10), n=2, key=0)
-    sizes = (sampler.prefill_fn._cache_size(), sampler.decode_fn._cache_size())
+    sizes = (prefill._cache_size(), decode._cache_size())
     sampler.generate(model, *_prompts([14, 1], 128, 14, seed=5), n=2, key=1)  # other lengths, same bucket
     sampler.generate(model, *_prompts([7, 7], 128, 16, seed=6), n=2, key=2)
-    assert (sampler.prefill_fn._cache_size(), sampler.decode_fn._cache_size()) == sizes
+    assert (prefill._cache_size(), decode._cache_size()) == sizes
     sampler.generate(model, *_prompts([20, 3], 128, 20, seed=7), n=2, key=3)  # next bucket: one new program
-    assert sampler.prefill_fn._cache_size() == sizes[0] + 1
+    assert prefill._cache_size() == sizes[0] + 1
 
 
 @pytest.mark.slow

@@ -159,9 +159,10 @@ class CompletionGenerator:
         real = len(examples)
         if not 1 <= real <= self.rows:
             raise ValueError(f"generate takes 1..{self.rows} prompts, got {real}")
-        # Repeats of the last prompt keep the batch shape (no recompile for a short last unit); their
-        # outputs are dropped. Per-row keys make the real rows independent of the filler.
-        fill = self.rows - real
+        # Waves: repeats of the last prompt keep the batch shape (no recompile for a short last unit); their
+        # outputs are dropped. Per-row keys make the real rows independent of the filler. The continuous
+        # scheduler's programs do not depend on the row count, so it gets no filler to decode.
+        fill = self.rows - real if self.sampler.config.scheduler == "waves" else 0
         batch = collate(
             list(examples) + [examples[-1]] * fill,
             list(token_ids) + [token_ids[-1]] * fill,

@@ -1,0 +1,173 @@
+"""Decode attention over a paged KV cache: one query token per slot, keys read from the slot's own pages.
+
+One interface, several implementations (``kernel=``):
+
+* ``"jax"``: pure JAX, any backend: flash decoding over page columns (online softmax in fp32), up to the
+  longest row's page only (a dynamic loop bound, so one program serves every length).
+* ``"pallas_gpu"``: ``jax.experimental.pallas.ops.gpu.paged_attention`` (split-K flash decoding).
+* ``"pallas_tpu"``: ``jax.experimental.pallas.ops.tpu.paged_attention``.
+* ``"pallas_tpu_ragged"``: ``jax.experimental.pallas.ops.tpu.ragged_paged_attention`` with one query per
+  sequence; it wants keys and values interleaved in one page array, built here per call (a serving path
+  would store that layout directly). Its interpret mode fails on CPU in jax 0.10.2 (the TPU interpreter
+  has no ``ReshapeTransform``), so only its argument layout is tested, against the kernel module's own
+  ``ref_ragged_paged_attention``.
+* ``"auto"``: ``pallas_gpu`` on GPU, ``pallas_tpu`` on TPU, ``jax`` elsewhere.
+
+The kernels take a pre-scaled query (they apply no ``1/sqrt(H)``); the pure-JAX path scales the fp32
+scores like :class:`justrl_jax.model.qwen2.Attention`, so decode logits match the dense path closely.
+``interpret=True`` runs a Pallas kernel in interpret mode (how they are tested on CPU).
+
+Shapes: q [B, N, H]; k_pages, v_pages [K, P, page_size, H]; lengths [B] int32 (valid tokens of each
+slot, the query's own included); page_table [B, nb] int32 page ids. Returns [B, N, H] in q's dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+KERNELS = ("jax", "pallas_gpu", "pallas_tpu", "pallas_tpu_ragged", "auto")
+_MASKED = -1e30  # as qwen2: finite, so an empty slot gives a harmless uniform average
+
+
+def resolve_kernel(kernel: str) -> str:
+    if kernel not in KERNELS:
+        raise ValueError(f"paged attention kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    return {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(jax.default_backend(), "jax")
+
+
+def paged_decode_attention(
+    q, k_pages, v_pages, lengths, page_table, *, kernel: str = "jax", interpret: bool = False, long_rows: int = 0
+):
+    """See the module docstring. ``long_rows`` (pure JAX only) is a hint: when the caller orders rows longest
+    first, the first ``long_rows`` rows alone read the pages past the other rows' longest."""
+    kernel = resolve_kernel(kernel)
+    scale = q.shape[-1] ** -0.5
+    lengths = lengths.astype(jnp.int32)
+    page_table = page_table.astype(jnp.int32)
+    if kernel == "jax":
+        return _attend_jax(q, k_pages, v_pages, lengths, page_table, scale, long_rows)
+    scaled = (q.astype(jnp.float32) * scale).astype(q.dtype)
+    if kernel == "pallas_gpu":
+        return _attend_pallas_gpu(scaled, k_pages, v_pages, lengths, page_table, interpret)
+    if kernel == "pallas_tpu":
+        return _attend_pallas_tpu(scaled, k_pages, v_pages, lengths, page_table, interpret)
+    return _attend_pallas_tpu_ragged(scaled, k_pages, v_pages, lengths, page_table, interpret)
+
+
+def _attend_jax(q, k_pages, v_pages, lengths, page_table, scale, long_rows):
+    """Flash-decoding in pure JAX: a loop over page columns with an online softmax, so no [B, S] copy of the
+    keys is ever made, and the loop runs only as far as the longest row needs (a dynamic trip count: one
+    compile for any lengths). Rows ``[:long_rows]`` run a second loop over the pages past the longest of
+    the other rows, so a few long rows do not make every row read their length."""
+    b, n, h = q.shape
+    kv_heads, _, page_size, _ = k_pages.shape
+    qg = q.reshape(b, kv_heads, n // kv_heads, h)  # [B, K, G, H]
+    pages = (lengths + page_size - 1) // page_size  # [B] pages each row reads
+
+    def attend(rows, start, stop, carry):
+        q_rows, table, length = qg[rows], page_table[rows], lengths[rows]
+
+        def body(j, carry):
+            m, norm, acc = carry  # running max [R, K, G], normaliser [R, K, G], output [R, K, G, H]
+            ids = table[:, j]
+            keys = k_pages[:, ids].astype(q.dtype)  # [K, R, page_size, H]
+            values = v_pages[:, ids].astype(jnp.float32)
+            s = jnp.einsum("RKGH,KRPH->RKGP", q_rows, keys, preferred_element_type=jnp.float32) * scale
+            valid = (j * page_size + jnp.arange(page_size))[None, :] < length[:, None]  # [R, page_size]
+            s = jnp.where(valid[:, None, None], s, _MASKED)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+            alpha = jnp.exp(m - m_new)
+            p = jnp.exp(s - m_new[..., None])
+            acc = alpha[..., None] * acc + jnp.einsum("RKGP,KRPH->RKGH", p, values)
+            return m_new, alpha * norm + jnp.sum(p, axis=-1), acc
+
+        return jax.lax.fori_loop(start, stop, body, carry)
+
+    shape = (b, kv_heads, n // kv_heads)
+    carry = (jnp.full(shape, _MASKED, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros((*shape, h), jnp.float32))
+    if 0 < long_rows < b:
+        shared = jnp.max(pages[long_rows:])
+        m, norm, acc = attend(slice(None), 0, shared, carry)
+        head = slice(0, long_rows)
+        m_h, norm_h, acc_h = attend(head, shared, jnp.max(pages[head]), (m[head], norm[head], acc[head]))
+        norm, acc = norm.at[head].set(norm_h), acc.at[head].set(acc_h)
+    else:
+        _, norm, acc = attend(slice(None), 0, jnp.max(pages), carry)
+    return (acc / norm[..., None]).astype(q.dtype).reshape(b, n, h)
+
+
+def _splits(pages: int, most: int) -> int:
+    """The largest divisor of ``pages`` that is at most ``most`` (the kernels split the table evenly)."""
+    return max(d for d in range(1, min(pages, most) + 1) if pages % d == 0)
+
+
+def _attend_pallas_gpu(q, k_pages, v_pages, lengths, page_table, interpret):
+    from jax.experimental.pallas.ops.gpu import paged_attention as gpu_paged
+
+    nb = page_table.shape[1]
+    k_splits = _splits(nb, 16)
+    per_split = nb // k_splits
+    return gpu_paged.paged_attention(
+        q,
+        k_pages,
+        v_pages,
+        page_table,
+        lengths,
+        k_splits=k_splits,
+        pages_per_compute_block=_splits(per_split, 8),
+        mask_value=_MASKED,
+        interpret=interpret,
+    )
+
+
+def _attend_pallas_tpu(q, k_pages, v_pages, lengths, page_table, interpret):
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_paged
+
+    def call():
+        return tpu_paged(
+            q,
+            k_pages,
+            v_pages,
+            lengths,
+            page_table,
+            pages_per_compute_block=_splits(page_table.shape[1], 8),
+            mask_value=_MASKED,
+        )
+
+    if not interpret:
+        return call()
+    with pltpu.force_tpu_interpret_mode():
+        return call()
+
+
+def ragged_arguments(q, k_pages, v_pages, lengths, page_table):
+    """The positional arguments of ``ragged_paged_attention`` (and of its ``ref_ragged_paged_attention``) for
+    one query token per sequence: keys and values interleaved per KV head in one [P, page_size, 2K, H] array."""
+    b = q.shape[0]
+    kv_heads, pages, page_size, h = k_pages.shape
+    kv = jnp.stack([k_pages, v_pages], axis=1)  # [K, 2, P, page_size, H]
+    kv = jnp.transpose(kv, (2, 3, 0, 1, 4)).reshape(pages, page_size, 2 * kv_heads, h)  # head k: 2k keys, 2k+1 values
+    return q, kv, lengths, page_table, jnp.arange(b + 1, dtype=jnp.int32), jnp.array([b], jnp.int32)
+
+
+def _attend_pallas_tpu_ragged(q, k_pages, v_pages, lengths, page_table, interpret):
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas.ops.tpu.ragged_paged_attention import ragged_paged_attention
+
+    def call():
+        return ragged_paged_attention(
+            *ragged_arguments(q, k_pages, v_pages, lengths, page_table),
+            sm_scale=1.0,
+            mask_value=_MASKED,
+            num_kv_pages_per_block=_splits(page_table.shape[1], 8),
+            num_queries_per_block=8,
+        )
+
+    if not interpret:
+        return call()
+    with pltpu.force_tpu_interpret_mode():
+        return call()
