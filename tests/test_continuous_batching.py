@@ -41,7 +41,7 @@ def prompts():
 def _run(model, prompts, strategy=None, **kwargs):
     config = SamplerConfig(max_new_tokens=NEW, strategy=strategy or Temperature(1.0), prompt_bucket=4, **kwargs)
     sampler = Sampler(model, config, eos_ids=EOS, pad_id=0)
-    return sampler, sampler.generate(model, *prompts, n=3, key=11)
+    return sampler, sampler.generate(model, *prompts, n=3, key=11, logprobs=True)
 
 
 def _assert_same(a, b):
@@ -49,7 +49,7 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(a.lengths, b.lengths)
     np.testing.assert_array_equal(a.finish, b.finish)
     np.testing.assert_array_equal(a.completion_mask, b.completion_mask)
-    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", [Temperature(1.0), TopP(p=0.8, temperature=0.7)])
