@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from justrl_jax.global_arrays import to_global
+from justrl_jax.global_arrays import to_global, to_host
 from justrl_jax.model.paged_decode import decode_step, write_prompts
 from justrl_jax.model.paged_kv_cache import NULL_PAGE, PagedKVCache, pages_for
 from justrl_jax.model.qwen2 import Qwen2, positions_from_mask
@@ -275,7 +275,7 @@ class ContinuousBatcher:
                 steps=chunk,
             )
             back = np.argsort(order)
-            new_step, new_live, tok, lp = (np.asarray(x)[back] for x in (new_step, new_live, tok, lp))
+            new_step, new_live, tok, lp = (x[back] for x in to_host((new_step, new_live, tok, lp)))
             stats.decode_seconds += time.perf_counter() - start
             emitted = new_step - step
             stats.decode_calls += 1
@@ -316,7 +316,7 @@ class ContinuousBatcher:
         cache, tok, lp = self.prefill_fn(
             params, cache, self._put(g_ids), self._put(g_mask), self._put(g_keys), self._put(g_table)
         )
-        tok, lp = np.asarray(tok)[:n], np.asarray(lp)[:n]
+        tok, lp = (x[:n] for x in to_host((tok, lp)))  # every process holds every row
         self.stats.prefill_seconds += time.perf_counter() - start
         self.stats.prefill_calls += 1
         return cache, tok, lp
