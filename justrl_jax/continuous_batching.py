@@ -63,11 +63,13 @@ class BatchingStats:
         return self.decode_tokens / self.decode_slot_steps if self.decode_slot_steps else 0.0
 
     def as_metrics(self) -> dict[str, float]:
+        # Throughputs are timings, so they sit under perf/ with the others: what a resumed run must
+        # repeat exactly (rollout/*) stays apart from what depends on the machine.
         return {
             "rollout/slot_occupancy": self.slot_occupancy,
             "rollout/preemptions": float(self.preemptions),
-            "rollout/prefill_tokens_per_s": self.prefill_tokens / max(self.prefill_seconds, 1e-9),
-            "rollout/decode_tokens_per_s": self.decode_tokens / max(self.decode_seconds, 1e-9),
+            "perf/prefill_tokens_per_s": self.prefill_tokens / max(self.prefill_seconds, 1e-9),
+            "perf/decode_tokens_per_s": self.decode_tokens / max(self.decode_seconds, 1e-9),
             "rollout/peak_kv_pages": float(self.peak_pages_in_use),
         }
 

@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         rates = stats.as_metrics()
         print(
             f"{stats.slots} slots: occupancy {stats.slot_occupancy:.2f}, {stats.preemptions} preemptions, "
-            f"prefill {rates['rollout/prefill_tokens_per_s']:.0f} tokens/s, "
-            f"decode {rates['rollout/decode_tokens_per_s']:.0f} tokens/s",
+            f"prefill {rates['perf/prefill_tokens_per_s']:.0f} tokens/s, "
+            f"decode {rates['perf/decode_tokens_per_s']:.0f} tokens/s",
             file=sys.stderr,
         )
     print(f"wrote {len(rows)} prompts x {cfg.n} samples to {args.output}", file=sys.stderr)
