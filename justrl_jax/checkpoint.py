@@ -40,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from justrl_jax.model.hf_io import TOKENIZER_FILES
 from justrl_jax.train_step import TrainState
 
 if TYPE_CHECKING:
@@ -103,18 +104,7 @@ def reset_hf_assets(run_dir: str | Path) -> bool:
 
 
 # Everything an HF model directory holds except its weights (small files: copied once per run).
-_HF_ASSET_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-)
+_HF_ASSET_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES, "tokenizer.model")
 
 
 def save_hf_assets(source_dir: str | Path, run_dir: str | Path) -> Path:

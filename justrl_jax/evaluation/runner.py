@@ -299,6 +299,19 @@ def sampler_config(cfg: EvalConfig) -> SamplerConfig:
     return cfg.sampler_config(prompt_bucket=cfg.bucket_multiple)
 
 
+def eval_generator(graphdef, tokenizer, cfg: EvalConfig, *, eos_ids: Sequence[int], mesh) -> CompletionGenerator:
+    """The generator of an evaluation (or a validation) with ``cfg``'s rows, sampling and prompt buckets."""
+    return CompletionGenerator(
+        graphdef,
+        tokenizer,
+        rows=cfg.batch_size,
+        sampler_config=sampler_config(cfg),
+        eos_ids=eos_ids,
+        mesh=mesh,
+        bucket_multiple=cfg.bucket_multiple,
+    )
+
+
 def evaluate(
     model,
     tokenizer,
@@ -328,15 +341,7 @@ def evaluate(
     for b in benchmarks:  # refuse a mismatched resume before compiling anything
         stores[b.spec.name].check_meta(_meta(cfg, b, model_name, extra_meta, eos_ids))
     graphdef, params = nnx.split(model, nnx.Param)  # a model with other state is an error here
-    generator = CompletionGenerator(
-        graphdef,
-        tokenizer,
-        rows=cfg.batch_size,
-        sampler_config=sampler_config(cfg),
-        eos_ids=eos_ids,
-        mesh=mesh,
-        bucket_multiple=cfg.bucket_multiple,
-    )
+    generator = eval_generator(graphdef, tokenizer, cfg, eos_ids=eos_ids, mesh=mesh)
     budget = _Budget(max_samples)
     progress = []
     with Verifier(cfg.verifier) as verifier:
@@ -441,15 +446,7 @@ class Validator:
     ):
         self.cfg = cfg
         self.benchmarks = load_benchmarks(data_dir, cfg.specs(), max_problems=cfg.max_problems)
-        self.generator = CompletionGenerator(
-            graphdef,
-            tokenizer,
-            rows=cfg.batch_size,
-            sampler_config=sampler_config(cfg),
-            eos_ids=eos_ids,
-            mesh=mesh,
-            bucket_multiple=cfg.bucket_multiple,
-        )
+        self.generator = eval_generator(graphdef, tokenizer, cfg, eos_ids=eos_ids, mesh=mesh)
 
     def __call__(self, params) -> dict[str, float]:
         """``val/<name>/avg@N``, ``val/<name>/pass@N`` and ``val/<name>/length_mean`` per benchmark,
