@@ -421,7 +421,7 @@ class Sampler:
         bucket_ids, bucket_mask = _left_pad(ids, mask, width, self.pad_id)
         bucket_ids, bucket_mask = np.repeat(bucket_ids, n, axis=0), np.repeat(bucket_mask, n, axis=0)
         rows = bucket_ids.shape[0]
-        keys = _row_keys(key, rows) if row_keys is None else _check_row_keys(row_keys, rows)
+        keys = row_key_data(key, rows) if row_keys is None else _check_row_keys(row_keys, rows)
         done = None if on_row_done is None else _row_callback(on_row_done)
 
         dp = data_parallel_size(self.mesh) if self.mesh is not None else 1
@@ -508,7 +508,7 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def _row_keys(key: int | jax.Array, rows: int) -> np.ndarray:
+def row_key_data(key: int | jax.Array, rows: int) -> np.ndarray:
     """[rows, 2] uint32 raw keys: row r gets fold_in(key, r), independent of how rows are batched."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         key = jax.random.key(int(key))

@@ -76,7 +76,26 @@ class VerdictStream:
             e.add_note(f"while verifying rollout row {row}")
             raise
 
-    # -- after generate -------------------------------------------------------------------------
+    # -- reading verdicts ------------------------------------------------------------------------
+    def ready(self, row: int) -> bool:
+        """True when ``verdict(row)`` would not wait (its verdict, or its failure, is in)."""
+        future = self._futures[row]
+        if future is None or not future.done():
+            return False
+        return future.exception() is not None or future.result().done()
+
+    def verdict(self, row: int) -> Verdict:
+        """The verdict of one row that has reached the verifier; waits for it if needed."""
+        future = self._futures[row]
+        if future is None:
+            raise RuntimeError(f"row {row} has not reached the verifier")
+        # The pool fails a sample at its batch deadline, so this bound is only met by a bug.
+        timeout = self.verifier.config.batch_timeout_s + 60.0
+        try:
+            return self._pending(row, future).result(timeout)[0]
+        except TimeoutError as e:
+            raise TimeoutError(f"no verdict for rollout row {row} after {timeout:.0f} s") from e
+
     def result(self) -> list[Verdict]:
         """Every row's verdict in row order; waits only for those still outstanding."""
         missing = [row for row, future in enumerate(self._futures) if future is None]
@@ -84,20 +103,12 @@ class VerdictStream:
             raise RuntimeError(
                 f"{len(missing)} of {len(self.golds)} rows never reached the verifier (first: row {missing[0]})"
             )
-        # The pool fails a sample at its batch deadline, so this bound is only met by a bug.
-        timeout = self.verifier.config.batch_timeout_s + 60.0
         start = time.perf_counter()
         try:
-            verdicts = []
-            for row, future in enumerate(self._futures):
-                try:
-                    verdicts.append(self._pending(row, future).result(timeout)[0])
-                except TimeoutError as e:
-                    raise TimeoutError(f"no verdict for rollout row {row} after {timeout:.0f} s") from e
+            return [self.verdict(row) for row in range(len(self.golds))]
         finally:
             self.wait_s = time.perf_counter() - start
             self.close()
-        return verdicts
 
     def close(self) -> None:
         """Stops the background thread (rows not yet submitted are dropped). Idempotent."""
