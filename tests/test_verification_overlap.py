@@ -145,3 +145,41 @@ def test_row_keys_and_stream_misuse_are_named(model, prompts, sampler):
             sampler.generate(model, *prompts, n=3, key=11, on_row_done=stream)
             with pytest.raises(RuntimeError, match="1 of 19 rows never reached the verifier"):
                 stream.result()
+
+
+@pytest.mark.slow
+def test_the_loop_rewards_with_overlap_equal_verifying_after_generation(tmp_path):
+    """One RL step verifies rows while decoding; its reward metrics equal the old order (generate the same
+    seeded rollout, then decode and verify it all at once)."""
+    import jax
+
+    from justrl_jax.data import PromptStream
+    from justrl_jax.metrics import rollout_metrics
+    from justrl_jax.rl_loop import RLRunner
+    from justrl_jax.run_config import load_run_config
+
+    sets = [
+        "loop.total_steps=1",
+        "checkpoint.enabled=false",
+        "demo.sft_steps=30",
+        "rollout.prompts_per_step=8",
+        "rollout.max_concurrent_rows=32",  # 128 rows through 32 slots: rows end while others decode
+        "verifier.mode=robust",
+    ]
+    cfg = load_run_config(None, sets)
+    with RLRunner(cfg, tmp_path / "run", mesh_spec="1x1", devices=jax.devices()[:1]) as runner:
+        g = cfg.rollout.samples_per_prompt
+        batch = PromptStream(runner.data_cfg, runner.tokenizer).next_batch(cfg.rollout.prompts_per_step)
+        key = jax.random.fold_in(runner.key, 0)
+        rollout = runner.sampler.generate(runner.state.params, batch.prompt_ids, batch.prompt_mask, n=g, key=key)
+        ids = [row[:n] for row, n in zip(rollout.completion_ids, rollout.lengths, strict=True)]
+        texts = runner.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        golds = [gold for gold in batch.golds for _ in range(g)]
+        verdicts = runner.verifier.verify(texts, golds, response_lengths=rollout.lengths.tolist())
+        rewards = np.asarray([v.reward for v in verdicts], np.float32)
+        expected = rollout_metrics(verdicts, rewards, rollout.lengths, rollout.finish == FinishReason.LENGTH, g)
+        assert 0 < expected["reward/accuracy"] < 1  # some right, some wrong: a reward mix-up would show
+
+        metrics = runner.step(0)
+    assert {k: metrics[k] for k in expected} == expected
+    assert metrics["perf/verifier_wait_s"] >= 0 and "time/verify_s" in metrics
