@@ -450,7 +450,6 @@ class Sampler:
             )
         plan = plan_waves(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
         params = reshard_params(params, self.mesh)
-        row_keys = keys
 
         outputs, wave_logprobs = [], []
         for wave in range(plan.waves):
@@ -458,7 +457,7 @@ class Sampler:
             fill = plan.wave_rows - (hi - lo)
             take = np.concatenate([np.arange(lo, hi), np.full(fill, lo)])  # fillers copy a real row
             active = np.arange(plan.wave_rows) < hi - lo
-            state = self._run_wave(params, bucket_ids[take], bucket_mask[take], row_keys[take], active, width)
+            state = self._run_wave(params, bucket_ids[take], bucket_mask[take], keys[take], active, width)
             outputs.append({name: to_host(getattr(state, name))[: hi - lo] for name in ("tokens", "eos", "length")})
             if done is not None:
                 wave_out = outputs[-1]
