@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -165,9 +166,27 @@ class ContinuousBatcher:
     def _put(self, x: np.ndarray) -> jax.Array:
         return to_global(x, self.mesh)
 
-    def run(self, params, ids, mask, row_keys, *, slots: int, pages: int, page_size: int, dp: int, cache_dtype):
+    def run(
+        self,
+        params,
+        ids,
+        mask,
+        row_keys,
+        *,
+        slots: int,
+        pages: int,
+        page_size: int,
+        dp: int,
+        cache_dtype,
+        on_row_done: Callable[[int, np.ndarray, bool, int], None] | None = None,
+    ):
         """ids/mask [R, P] left-padded rows (already repeated n times), row_keys [R, 2] ->
-        (tokens [R, T], logprobs [R, T], lengths [R], eos [R]) as numpy."""
+        (tokens [R, T], logprobs [R, T], lengths [R], eos [R]) as numpy.
+
+        ``on_row_done(row, tokens, eos, decoding)`` is called on the host once per row, when it ends (never for
+        a preempted partial): its sampled tokens (EOS included), whether it hit an EOS, and how many other rows
+        are still in decode slots. It runs between device calls, so the host work it starts (verification)
+        overlaps the decoding of the rows still live."""
         cfg = self.config
         t_cap = cfg.max_new_tokens
         rows = ids.shape[0]
@@ -208,6 +227,8 @@ class ContinuousBatcher:
             alloc.release(slot)
             row_of[slot] = -1
             live[slot] = False
+            if on_row_done is not None:
+                on_row_done(int(row), out_tok[row, :n].copy(), bool(eos_hit[row]), int(live.sum()))
 
         def preempt(slot: int) -> None:
             row = row_of[slot]
@@ -241,6 +262,7 @@ class ContinuousBatcher:
                     last[slot], step[slot], slot_plen[slot] = tok, 1, plen[row]
                     slot_keys[slot] = row_keys[row]
                     live[slot] = not (bool(np.isin(tok, eos_set)) or t_cap == 1)
+                for slot, _ in admit:  # after every admitted row is marked, so on_row_done's count is right
                     if not live[slot]:
                         finish(slot)
                 stats.prefill_tokens += int(sum(plen[row] for _, row in admit))
@@ -290,7 +312,9 @@ class ContinuousBatcher:
                 if e:
                     last[slot] = tok[slot, e - 1]
             step[:] = np.where(live, new_step, step)
-            for slot in np.flatnonzero(live & ~new_live):
+            ended = np.flatnonzero(live & ~new_live)
+            live[ended] = False  # before any on_row_done: it counts only the rows still decoding
+            for slot in ended:
                 finish(int(slot))
         return out_tok, out_lp, length, eos_hit
 

@@ -42,7 +42,7 @@ _SHORTCUTS = (
     ("--temperature", "temperature", float, "default 0.7"),
     ("--top-p", "top_p", float, "default 0.9"),
     ("--seed", "seed", int, "default 0"),
-    ("--batch-size", "batch_size", int, "rows (problem x sample) per generate call (default 64)"),
+    ("--batch-size", "batch_size", int, "pairs per seeded unit; decode slots when no KV budget (default 64)"),
     ("--kv-cache-budget-gb", "kv_cache_budget_gb", float, "KV GiB per device; 0: plan from the device (default)"),
     ("--max-concurrent-rows", "max_concurrent_rows", int, "decode slots (0: as many as the KV budget holds)"),
     ("--decode-chunk", "decode_chunk", int, "waves scheduler only: grow the dense KV cache this many slots at a time"),

@@ -1,8 +1,9 @@
 """The RL loop: the only module that sequences the stages of a JustRL step.
 
 Per step: draw ``prompts_per_step`` prompts -> sample ``samples_per_prompt`` each (temperature 1.0)
--> verify on the CPU pool (the strict reward) -> group advantages -> recompute old log-probs ->
-``N / mini_batch_size`` AdamW updates -> metrics -> checkpoint -> validation.
+-> verify on the CPU pool (the strict reward; each row as it ends, while the others still decode)
+-> group advantages -> recompute old log-probs -> ``N / mini_batch_size`` AdamW updates -> metrics
+-> checkpoint -> validation.
 
 Reproducibility: the sampling key of step ``s`` is ``fold_in(key(seed), s)`` and the data position
 is checkpointed, so a resumed run repeats exactly what an uninterrupted one does.
@@ -41,6 +42,7 @@ from justrl_jax.sampler import FinishReason, Sampler
 from justrl_jax.sharding import MeshConfig, data_parallel_size, make_mesh
 from justrl_jax.train_batch import logprob_gap, rollout_train_batch
 from justrl_jax.train_step import init_train_state, make_compute_logps, make_train_step, state_sharding
+from justrl_jax.verdict_stream import VerdictStream
 from justrl_jax.verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -171,19 +173,25 @@ class RLRunner:
         cfg, g = self.cfg, self.cfg.rollout.samples_per_prompt
         timer = StageTimer()
         batch = self.stream.next_batch(cfg.rollout.prompts_per_step)
-        with timer("generate"):
-            key = jax.random.fold_in(self.key, step)
-            rollout = self.sampler.generate(
-                self.state.params, batch.prompt_ids, batch.prompt_mask, n=g, key=key, logprobs=True
-            )
-        # The continuous scheduler's slot occupancy, preemptions and prefill/decode tokens/s.
-        sched = self.sampler.stats.as_metrics() if self.sampler.config.scheduler == "continuous" else {}
-        with timer("verify"):
-            ids = [row[:n] for row, n in zip(rollout.completion_ids, rollout.lengths, strict=True)]
-            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-            golds = [gold for gold in batch.golds for _ in range(g)]
-            verdicts = self.verifier.verify(texts, golds, response_lengths=rollout.lengths.tolist())
-            rewards = np.asarray([v.reward for v in verdicts], np.float32)
+        golds = [gold for gold in batch.golds for _ in range(g)]
+        # Rows go to the verifier as they end, while the others decode; "verify" is only the wait after.
+        with VerdictStream(self.verifier, self._decode_text, golds) as verdict_stream:
+            with timer("generate"):
+                key = jax.random.fold_in(self.key, step)
+                rollout = self.sampler.generate(
+                    self.state.params,
+                    batch.prompt_ids,
+                    batch.prompt_mask,
+                    n=g,
+                    key=key,
+                    logprobs=True,
+                    on_row_done=verdict_stream,
+                )
+            # The continuous scheduler's slot occupancy, preemptions and prefill/decode tokens/s.
+            sched = self.sampler.stats.as_metrics() if self.sampler.config.scheduler == "continuous" else {}
+            with timer("verify"):
+                verdicts = verdict_stream.result()
+                rewards = np.asarray([v.reward for v in verdicts], np.float32)
 
         host_batch = rollout_train_batch(
             rollout,
@@ -212,8 +220,12 @@ class RLRunner:
             "perf/generated_tokens_per_s": int(rollout.lengths.sum()) / max(times["time/generate_s"], 1e-9),
             "perf/train_tokens_per_s": float(tm.total_tokens) / max(times["time/update_s"], 1e-9),
             **sched,
+            "perf/verifier_wait_s": verdict_stream.wait_s,
             **times,
         }
+
+    def _decode_text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     # --- the loop --------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -59,6 +60,16 @@ class FinishReason(enum.IntEnum):
 
     EOS = 0
     LENGTH = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRow:
+    """One row as it ends, handed to ``generate(on_row_done=...)`` before generate returns."""
+
+    row: int  # the rollout row (prompt i's samples are rows i*n .. i*n+n-1)
+    tokens: np.ndarray  # [length] int32 the sampled tokens, EOS included: the rollout's row up to its length
+    finish: FinishReason
+    decoding: int  # other rows still decoding when this one ended (the waves scheduler: 0, its wave is over)
 
 
 @flax.struct.dataclass
@@ -388,9 +399,16 @@ class Sampler:
         n: int = 1,
         key: int | jax.Array = 0,
         logprobs: bool = False,
+        on_row_done: Callable[[FinishedRow], None] | None = None,
+        row_keys: np.ndarray | None = None,
     ) -> Rollout:
         """Samples ``n`` completions of each left-padded prompt. ``key``: an int seed or a JAX PRNG key.
-        ``logprobs``: also return each sampled token's log-prob (left on device, see :class:`Rollout`)."""
+        ``logprobs``: also return each sampled token's log-prob (left on device, see :class:`Rollout`).
+        ``on_row_done``: called once per row with its :class:`FinishedRow` as soon as the row ends (the
+        continuous scheduler: between device calls, while other rows decode; waves: after each wave), never for
+        a preempted partial; an exception it raises stops generate and propagates, naming the row.
+        ``row_keys``: [rows, 2] uint32 raw keys, one per row (rows = prompts x n), instead of ``key``'s
+        ``fold_in(key, r)``: rows gathered from several seeded calls then sample exactly what those calls did."""
         if isinstance(params, nnx.Module):
             params = nnx.state(params, nnx.Param)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -403,6 +421,8 @@ class Sampler:
         bucket_ids, bucket_mask = _left_pad(ids, mask, width, self.pad_id)
         bucket_ids, bucket_mask = np.repeat(bucket_ids, n, axis=0), np.repeat(bucket_mask, n, axis=0)
         rows = bucket_ids.shape[0]
+        keys = row_key_data(key, rows) if row_keys is None else _check_row_keys(row_keys, rows)
+        done = None if on_row_done is None else _row_callback(on_row_done)
 
         dp = data_parallel_size(self.mesh) if self.mesh is not None else 1
         tensor = axis_size(self.mesh, "kv_heads")
@@ -416,12 +436,13 @@ class Sampler:
                 params,
                 bucket_ids,
                 bucket_mask,
-                _row_keys(key, rows),
+                keys,
                 slots=pages.slots,
                 pages=pages.pages,
                 page_size=pages.page_size,
                 dp=dp,
                 cache_dtype=cache_dtype,
+                on_row_done=done,
             )
             out = {"tokens": tokens, "length": lengths, "eos": eos}
             return self._rollout(
@@ -429,7 +450,6 @@ class Sampler:
             )
         plan = plan_waves(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
         params = reshard_params(params, self.mesh)
-        row_keys = _row_keys(key, rows)
 
         outputs, wave_logprobs = [], []
         for wave in range(plan.waves):
@@ -437,8 +457,13 @@ class Sampler:
             fill = plan.wave_rows - (hi - lo)
             take = np.concatenate([np.arange(lo, hi), np.full(fill, lo)])  # fillers copy a real row
             active = np.arange(plan.wave_rows) < hi - lo
-            state = self._run_wave(params, bucket_ids[take], bucket_mask[take], row_keys[take], active, width)
+            state = self._run_wave(params, bucket_ids[take], bucket_mask[take], keys[take], active, width)
             outputs.append({name: to_host(getattr(state, name))[: hi - lo] for name in ("tokens", "eos", "length")})
+            if done is not None:
+                wave_out = outputs[-1]
+                for k in range(hi - lo):
+                    n_k = int(wave_out["length"][k])
+                    done(lo + k, wave_out["tokens"][k, :n_k].copy(), bool(wave_out["eos"][k]), 0)
             if logprobs:  # already 0 wherever nothing was sampled
                 wave_logprobs.append(state.logprobs if fill == 0 else state.logprobs[: hi - lo])
 
@@ -482,7 +507,7 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def _row_keys(key: int | jax.Array, rows: int) -> np.ndarray:
+def row_key_data(key: int | jax.Array, rows: int) -> np.ndarray:
     """[rows, 2] uint32 raw keys: row r gets fold_in(key, r), independent of how rows are batched."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         key = jax.random.key(int(key))
@@ -494,6 +519,27 @@ def _row_keys(key: int | jax.Array, rows: int) -> np.ndarray:
         raise ValueError(f"key must be an int seed or a JAX PRNG key, got {type(key).__name__}")
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows, dtype=jnp.uint32))
     return np.asarray(jax.random.key_data(keys))
+
+
+def _check_row_keys(row_keys, rows: int) -> np.ndarray:
+    keys = np.asarray(row_keys)
+    if keys.shape != (rows, 2) or keys.dtype != np.uint32:
+        got = f"{keys.dtype}{list(keys.shape)}"
+        raise ValueError(f"row_keys must be a [{rows}, 2] uint32 array (one raw key per row), got {got}")
+    return keys
+
+
+def _row_callback(on_row_done: Callable[[FinishedRow], None]) -> Callable[[int, np.ndarray, bool, int], None]:
+    """The schedulers' (row, tokens, eos, decoding) call as a FinishedRow; an error names the row it was for."""
+
+    def call(row: int, tokens: np.ndarray, eos: bool, decoding: int) -> None:
+        try:
+            on_row_done(FinishedRow(row, tokens, FinishReason.EOS if eos else FinishReason.LENGTH, decoding))
+        except Exception as e:
+            e.add_note(f"raised by generate's on_row_done for row {row}: generation stopped there")
+            raise
+
+    return call
 
 
 def _check_prompts(prompt_ids, prompt_mask, vocab: int) -> tuple[np.ndarray, np.ndarray]:

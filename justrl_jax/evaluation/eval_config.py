@@ -44,7 +44,9 @@ class EvalConfig(SamplingSettings):
     temperature: float = 0.7
     top_p: float = 0.9  # top_k: -1, off (vLLM's default, as JustRL ran)
     seed: int = 0  # every generate call's seed derives from (seed, benchmark, sample index, problem index)
-    batch_size: int = 64  # rows (problem x sample pairs) per generate call: one compiled batch shape
+    # (problem, sample) pairs per unit (a seed; resume and --max-samples granularity) and, without a KV budget,
+    # the rows that decode at once; every pair of the evaluation goes through one scheduler stream.
+    batch_size: int = 64
     prompt_format: PromptFormat = PromptFormat.EVAL
     max_problems: int | None = None  # None: every problem; else the first N of each benchmark (smoke tests)
     bucket_multiple: int = 64  # prompts are left-padded to a multiple of this (few compiled shapes)

@@ -1,19 +1,21 @@
 """Benchmarks -> samples -> verdicts -> scores: the evaluation run and the in-training validation.
 
 Work layout. The (problem, sample) pairs of a benchmark are taken sample-major
-(sample 0 of every problem, then sample 1, ...) and cut into *units* of exactly ``batch_size``
-rows; the last unit is filled up with repeats of its last row, whose outputs are dropped. Every
-generate call therefore has the same batch shape (one compile, reused across benchmarks), and
-a unit's rows and seed depend only on the benchmark and the config, never on what was already
-done. That is what makes a resumed evaluation equal an uninterrupted one: a unit is regenerated
-whole (identically, on the same hardware and software) and only its missing pairs are written.
+(sample 0 of every problem, then sample 1, ...) and cut into *units* of ``batch_size`` pairs. A
+unit's seed depends only on the benchmark and the config, and each of its rows draws from its own
+key (``fold_in(key(seed), position in the unit)``), so a row's sample never depends on which other
+rows are generated with it or on what was already done. That is what makes a resumed evaluation
+equal an uninterrupted one: only the missing pairs are generated and written.
 
 Seeds. A unit's seed is :func:`sample_seed` of (``--seed``, benchmark name, sample index and
 problem index of its first pair), a 31-bit integer like the seeds JustRL drew for vLLM, stored
 with every sample; the same seed and config give the same samples.
 
-Overlap. While unit k+1 is generated on the accelerator, unit k is verified in the verifier's
-CPU pool; unit k's records are appended (and fsync'ed) once its verdicts are in.
+One stream. Every missing pair of every benchmark goes through one scheduler stream (the
+continuous scheduler refills a decode slot as soon as a row ends, so a long evaluation never waits
+for the slowest sample of a batch). Each row is handed to the verifier's CPU pool as it ends, while
+the others decode; a unit's records are appended (and fsync'ed) once its verdicts, and those of
+every unit before it, are in, so each file keeps unit order and a kill loses only the units in flight.
 
 Example::
 
@@ -42,8 +44,9 @@ from justrl_jax.evaluation.eval_config import EvalConfig
 from justrl_jax.evaluation.report import RULE_ONLY_NOTE, EvalReport, score_benchmark, write_report
 from justrl_jax.evaluation.samples import SampleRecord, SampleStore
 from justrl_jax.prompts import PromptExample, PromptFormat, load_examples
-from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
+from justrl_jax.sampler import FinishedRow, FinishReason, Sampler, SamplerConfig, row_key_data
 from justrl_jax.sampling_settings import SamplingSettings
+from justrl_jax.verdict_stream import VerdictStream
 from justrl_jax.verifier import Verifier, VerifierConfig, VerifierMode
 
 log = logging.getLogger(__name__)
@@ -118,18 +121,16 @@ def plan_units(benchmark: str, n_problems: int, n_samples: int, batch_size: int,
 # --- generation ----------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    text: str  # decoded with special tokens skipped
-    length: int  # completion tokens (EOS included when generated)
-    finish_reason: str  # "stop" or "length"
-
-
 _FINISH_NAMES = {FinishReason.EOS.value: "stop", FinishReason.LENGTH.value: "length"}
 
 
 class CompletionGenerator:
-    """Token prompts -> decoded completions, always ``rows`` rows per call (one compiled shape)."""
+    """Token prompts -> sampled rows, streamed through one scheduler; each row is reported as it ends.
+
+    The continuous scheduler takes every row in one generate call (at most ``rows`` decode at once when the
+    KV budget sets no bound). The waves scheduler gets calls of exactly ``rows`` rows (one compiled shape; the
+    last call is filled up with repeats of its last row, whose outputs are dropped).
+    """
 
     def __init__(
         self,
@@ -146,40 +147,51 @@ class CompletionGenerator:
             raise ValueError(f"rows must be >= 1, got {rows}")
         if tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no pad token")
+        if sampler_config.max_concurrent_rows is None and sampler_config.kv_cache_budget_bytes is None:
+            # No budget would mean every row of the stream at once: keep the batch size's bound.
+            sampler_config = dataclasses.replace(sampler_config, max_concurrent_rows=rows)
         self.tokenizer = tokenizer
         self.rows = rows
         self.bucket_multiple = bucket_multiple
         self.pad_id = int(tokenizer.pad_token_id)
         self.sampler = Sampler(graphdef, sampler_config, mesh=mesh, eos_ids=tuple(eos_ids), pad_id=self.pad_id)
 
-    def generate(
-        self, params, examples: Sequence[PromptExample], token_ids: Sequence[Sequence[int]], seed: int
-    ) -> list[Completion]:
-        """One sample per given prompt (at most ``rows``); row r draws from ``fold_in(key(seed), r)``."""
-        real = len(examples)
-        if not 1 <= real <= self.rows:
-            raise ValueError(f"generate takes 1..{self.rows} prompts, got {real}")
-        # Waves: repeats of the last prompt keep the batch shape (no recompile for a short last unit); their
-        # outputs are dropped. Per-row keys make the real rows independent of the filler. The continuous
-        # scheduler's programs do not depend on the row count, so it gets no filler to decode.
-        fill = self.rows - real if self.sampler.config.scheduler == "waves" else 0
-        batch = collate(
-            list(examples) + [examples[-1]] * fill,
-            list(token_ids) + [token_ids[-1]] * fill,
-            self.pad_id,
-            bucket_multiple=self.bucket_multiple,
-        )
-        rollout = self.sampler.generate(params, batch.prompt_ids, batch.prompt_mask, n=1, key=seed)
-        lengths = np.asarray(rollout.lengths)[:real]
-        ids = np.asarray(rollout.completion_ids)[:real]
-        finish = np.asarray(rollout.finish)[:real]
-        texts = self.tokenizer.batch_decode(
-            [row[:n] for row, n in zip(ids, lengths, strict=True)], skip_special_tokens=True
-        )
-        return [Completion(t, int(n), _FINISH_NAMES[int(f)]) for t, n, f in zip(texts, lengths, finish, strict=True)]
+    def stream(
+        self,
+        params,
+        examples: Sequence[PromptExample],
+        token_ids: Sequence[Sequence[int]],
+        row_keys: np.ndarray,
+        on_row_done: Callable[[FinishedRow], None],
+    ) -> None:
+        """One sample per prompt; row r draws from ``row_keys[r]`` ([R, 2] uint32 raw keys) and is handed to
+        ``on_row_done`` as soon as it ends (its ``row`` is the index into ``examples``)."""
+        total = len(examples)
+        call = total if self.sampler.config.scheduler == "continuous" else self.rows
+        for lo in range(0, total, call):
+            hi = min(lo + call, total)
+            # Waves: repeats of the last prompt keep the batch shape (no recompile for a short last call).
+            take = list(range(lo, hi)) + [hi - 1] * (call - (hi - lo))
+            batch = collate(
+                [examples[r] for r in take],
+                [token_ids[r] for r in take],
+                self.pad_id,
+                bucket_multiple=self.bucket_multiple,
+            )
+
+            def done(row: FinishedRow, lo=lo, hi=hi) -> None:
+                if lo + row.row < hi:  # a filler's output is dropped
+                    on_row_done(dataclasses.replace(row, row=lo + row.row))
+
+            self.sampler.generate(
+                params, batch.prompt_ids, batch.prompt_mask, n=1, row_keys=row_keys[take], on_row_done=done
+            )
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-# --- one benchmark -------------------------------------------------------------------------------
+# --- benchmarks as one stream --------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -196,78 +208,114 @@ class _Budget:
             self.left -= n
 
 
-def run_benchmark(
+@dataclasses.dataclass(frozen=True)
+class _UnitWork:
+    """The pairs of one unit this run generates (those not on disk), in unit order."""
+
+    benchmark: int  # index into the streamed benchmarks
+    unit: Unit
+    todo: tuple[int, ...]  # positions in unit.pairs
+
+
+def plan_work(
+    benchmarks: Sequence[Benchmark],
+    rows: int,
+    seed: int,
+    done: Sequence[dict[tuple[int, int], SampleRecord]],
+    budget: _Budget,
+) -> list[_UnitWork]:
+    """The units' missing pairs, benchmark by benchmark, until ``budget`` is spent (checked before each unit)."""
+    work = []
+    for b, (bench, on_disk) in enumerate(zip(benchmarks, done, strict=True)):
+        for unit in plan_units(bench.spec.name, len(bench.examples), bench.spec.n_samples, rows, seed):
+            todo = tuple(k for k, pair in enumerate(unit.pairs) if pair not in on_disk)
+            if not todo:
+                continue
+            if budget.exhausted():
+                break
+            work.append(_UnitWork(b, unit, todo))
+            budget.spend(len(todo))
+    return work
+
+
+def run_benchmarks(
     generator: CompletionGenerator,
     params,
     verifier: Verifier,
-    benchmark: Benchmark,
+    benchmarks: Sequence[Benchmark],
+    work: Sequence[_UnitWork],
     *,
     prompt_format: PromptFormat,
-    seed: int,
-    done: dict[tuple[int, int], SampleRecord] | None = None,
-    write: Callable[[list[SampleRecord]], None] | None = None,
-    budget: _Budget | None = None,
-) -> list[SampleRecord]:
-    """Generates and verifies every (problem, sample) pair of ``benchmark`` not in ``done``.
+    write: Callable[[int, list[SampleRecord]], None] | None = None,
+) -> list[list[SampleRecord]]:
+    """Generates and verifies the pairs of ``work`` as one stream: every row goes to the verifier as it ends,
+    while the others decode. A unit's records go to ``write(benchmark index, records)`` as soon as its
+    verdicts and those of every unit before it are in (so each file keeps unit order), which makes a kill
+    lose only the units still in flight. Returns the new records of each benchmark."""
+    token_ids = [encode_examples(generator.tokenizer, b.examples, prompt_format) for b in benchmarks]
+    rows = [(w, k) for w in work for k in w.todo]  # (unit work, position in the unit)
+    new: list[list[SampleRecord]] = [[] for _ in benchmarks]
+    if not rows:
+        return new
+    examples = [benchmarks[w.benchmark].examples[w.unit.pairs[k][0]] for w, k in rows]
+    golds = [e.gold for e in examples]
+    keys = np.concatenate([row_key_data(w.unit.seed, len(w.unit.pairs))[list(w.todo)] for w in work])
+    prompts = [token_ids[w.benchmark][w.unit.pairs[k][0]] for w, k in rows]
+    ended: list[FinishedRow | None] = [None] * len(rows)
+    first_row = np.cumsum([0] + [len(w.todo) for w in work])  # work[u]'s rows: first_row[u] .. first_row[u + 1]
+    flushed = 0  # units written so far
 
-    A unit's records go to ``write`` (if given) once its verdicts are in, which is after the next
-    unit has been generated (verification overlaps generation), so a kill loses at most two
-    units. Returns the new records.
-    """
-    spec, examples = benchmark.spec, benchmark.examples
-    done = done or {}
-    budget = budget or _Budget(None)
-    token_ids = encode_examples(generator.tokenizer, examples, prompt_format)
-    units = plan_units(spec.name, len(examples), spec.n_samples, generator.rows, seed)
-    new: list[SampleRecord] = []
-
-    def finish(pending) -> None:
-        unit, todo, completions, verdicts = pending
-        records = []
-        for (i, j), completion, verdict in zip(todo, completions, verdicts.result(), strict=True):
-            records.append(
-                SampleRecord(
-                    benchmark=spec.name,
-                    problem_index=i,
-                    sample_index=j,
-                    seed=unit.seed,
-                    response=completion.text,
-                    prediction=verdict.pred,
-                    verdict=verdict.status.value,
-                    correct=bool(verdict.correct),
-                    reward=float(verdict.reward),
-                    length=completion.length,
-                    finish_reason=completion.finish_reason,
-                    gold=examples[i].gold,
+    def flush(wait: bool) -> None:
+        nonlocal flushed
+        while flushed < len(work):
+            span = range(first_row[flushed], first_row[flushed + 1])
+            if not wait and not all(ended[r] is not None and stream.ready(r) for r in span):
+                return
+            w = work[flushed]
+            spec, bench = benchmarks[w.benchmark].spec, benchmarks[w.benchmark].examples
+            records = []
+            for r in span:
+                i, j = w.unit.pairs[rows[r][1]]
+                row, verdict = ended[r], stream.verdict(r)
+                records.append(
+                    SampleRecord(
+                        benchmark=spec.name,
+                        problem_index=i,
+                        sample_index=j,
+                        seed=w.unit.seed,
+                        response=stream.texts[r],
+                        prediction=verdict.pred,
+                        verdict=verdict.status.value,
+                        correct=bool(verdict.correct),
+                        reward=float(verdict.reward),
+                        length=len(row.tokens),
+                        finish_reason=_FINISH_NAMES[int(row.finish)],
+                        gold=bench[i].gold,
+                    )
                 )
-            )
-        if write is not None:
-            write(records)
-        new.extend(records)
+            if write is not None:
+                write(w.benchmark, records)
+            new[w.benchmark].extend(records)
+            flushed += 1
 
-    pending = None
-    for unit in units:
-        todo_index = [k for k, pair in enumerate(unit.pairs) if pair not in done]
-        if not todo_index:
-            continue
-        if budget.exhausted():
-            break
-        t = time.perf_counter()
-        completions = generator.generate(
-            params, [examples[i] for i, _ in unit.pairs], [token_ids[i] for i, _ in unit.pairs], unit.seed
-        )
-        todo = [unit.pairs[k] for k in todo_index]
-        kept = [completions[k] for k in todo_index]
-        verdicts = verifier.submit(
-            [c.text for c in kept], [examples[i].gold for i, _ in todo], response_lengths=[c.length for c in kept]
-        )
-        log.info("%s: generated %d samples in %.1fs", spec.name, len(unit.pairs), time.perf_counter() - t)
-        budget.spend(len(todo))
-        if pending is not None:
-            finish(pending)
-        pending = (unit, todo, kept, verdicts)
-    if pending is not None:
-        finish(pending)
+    def on_row_done(row: FinishedRow) -> None:
+        ended[row.row] = row
+        stream(row)
+        flush(wait=False)
+
+    t = time.perf_counter()
+    with VerdictStream(verifier, generator.decode, golds) as stream:
+        generator.stream(params, examples, prompts, keys, on_row_done)
+        stream.result()
+        flush(wait=True)
+    names = sorted({benchmarks[w.benchmark].spec.name for w in work})
+    log.info(
+        "%s: generated %d samples in %.1fs (waited %.1fs for verdicts after decoding)",
+        ", ".join(names),
+        len(rows),
+        time.perf_counter() - t,
+        stream.wait_s,
+    )
     return new
 
 
@@ -342,26 +390,23 @@ def evaluate(
         stores[b.spec.name].check_meta(_meta(cfg, b, model_name, extra_meta, eos_ids))
     graphdef, params = nnx.split(model, nnx.Param)  # a model with other state is an error here
     generator = eval_generator(graphdef, tokenizer, cfg, eos_ids=eos_ids, mesh=mesh)
-    budget = _Budget(max_samples)
-    progress = []
+    done = [stores[b.spec.name].load() for b in benchmarks]
+    work = plan_work(benchmarks, cfg.batch_size, cfg.seed, done, _Budget(max_samples))
     with Verifier(cfg.verifier) as verifier:
-        for b in benchmarks:
-            store = stores[b.spec.name]
-            done = store.load()
-            total = len(b.examples) * b.spec.n_samples
-            new = run_benchmark(
-                generator,
-                params,
-                verifier,
-                b,
-                prompt_format=cfg.prompt_format,
-                seed=cfg.seed,
-                done=done,
-                write=store.append,
-                budget=budget,
-            )
-            progress.append(BenchmarkProgress(b.spec.name, total, len(done), len(new)))
-            log.info("%s: %d of %d samples were on disk, %d generated", b.spec.name, len(done), total, len(new))
+        new = run_benchmarks(
+            generator,
+            params,
+            verifier,
+            benchmarks,
+            work,
+            prompt_format=cfg.prompt_format,
+            write=lambda b, records: stores[benchmarks[b].spec.name].append(records),
+        )
+    progress = []
+    for b, on_disk, added in zip(benchmarks, done, new, strict=True):
+        total = len(b.examples) * b.spec.n_samples
+        progress.append(BenchmarkProgress(b.spec.name, total, len(on_disk), len(added)))
+        log.info("%s: %d of %d samples were on disk, %d generated", b.spec.name, len(on_disk), total, len(added))
     complete = all(p.found + p.generated >= p.total for p in progress)
     if not complete:
         return EvalOutcome(None, tuple(progress), out)
@@ -453,17 +498,19 @@ class Validator:
         and ``val/mean`` (the unweighted mean of the avg@N)."""
         metrics: dict[str, float] = {}
         scores = []
+        empty = [{} for _ in self.benchmarks]
+        work = plan_work(self.benchmarks, self.cfg.batch_size, self.cfg.seed, empty, _Budget(None))
         with Verifier(self.cfg.verifier) as verifier:
-            for b in self.benchmarks:
-                records = run_benchmark(
-                    self.generator, params, verifier, b, prompt_format=self.cfg.prompt_format, seed=self.cfg.seed
-                )
-                score = score_benchmark(b.spec, records, len(b.examples))
-                n = b.spec.n_samples
-                metrics[f"val/{b.spec.name}/avg@{n}"] = score.avg_at_n
-                metrics[f"val/{b.spec.name}/pass@{n}"] = score.pass_at(n)
-                metrics[f"val/{b.spec.name}/length_mean"] = score.mean_length
-                scores.append(score.avg_at_n)
+            new = run_benchmarks(
+                self.generator, params, verifier, self.benchmarks, work, prompt_format=self.cfg.prompt_format
+            )
+        for b, records in zip(self.benchmarks, new, strict=True):
+            score = score_benchmark(b.spec, records, len(b.examples))
+            n = b.spec.n_samples
+            metrics[f"val/{b.spec.name}/avg@{n}"] = score.avg_at_n
+            metrics[f"val/{b.spec.name}/pass@{n}"] = score.pass_at(n)
+            metrics[f"val/{b.spec.name}/length_mean"] = score.mean_length
+            scores.append(score.avg_at_n)
         metrics["val/mean"] = float(np.mean(scores))
         return metrics
 
