@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import secrets
+import string
 import tempfile
 from pathlib import Path
 
@@ -91,7 +93,7 @@ class WandbRun:
         id_path = run_dir / ID_FILE
         run_id = id_path.read_text().strip() if id_path.exists() else ""
         if not run_id:
-            run_id = wandb.util.generate_id()
+            run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's form
             id_path.write_text(run_id + "\n")
         self.run_dir = run_dir
         self.run = wandb.init(
