@@ -140,7 +140,7 @@ class RLRunner:
         if self.primary and cfg.loop.wandb.enabled:
             from justrl_jax.wandb_run import WandbRun
 
-            tracker = WandbRun(cfg.loop.wandb, self.run_dir, to_dict(cfg))
+            tracker = WandbRun(cfg.loop.wandb, self.run_dir, to_dict(cfg), resumed=self.start_step > 0)
         self.metrics = MetricsWriter(self.run_dir, enabled=self.primary, resume_step=self.start_step, tracker=tracker)
         if self.primary:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))

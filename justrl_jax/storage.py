@@ -118,7 +118,7 @@ def check_location(url: Any, what: str) -> None:
         return
     url = str(url)
     try:
-        bucket, _ = split_url(url)
+        bucket, prefix = split_url(url)
     except StorageError as e:
         raise StorageError(f"{what} {e}") from None
     try:
@@ -145,9 +145,11 @@ def check_location(url: Any, what: str) -> None:
         from google.auth.transport.requests import AuthorizedSession
 
         session, endpoint = AuthorizedSession(credentials), "https://storage.googleapis.com"
-    probe = f"{endpoint}/storage/v1/b/{bucket}"
+    # Listing one object needs only storage.objects.list, which every role that may run here has (reading
+    # the bucket's own metadata would need storage.buckets.get, which object-level roles lack).
+    probe = f"{endpoint}/storage/v1/b/{bucket}/o"
     try:
-        reply = session.get(probe, timeout=_PROBE_TIMEOUT_S)
+        reply = session.get(probe, params={"prefix": prefix, "maxResults": 1}, timeout=_PROBE_TIMEOUT_S)
     except (requests.RequestException, google.auth.exceptions.GoogleAuthError) as e:
         raise StorageError(
             f"{what} {url}: cannot reach Cloud Storage at {endpoint} ({type(e).__name__}); check the network"
@@ -157,8 +159,8 @@ def check_location(url: Any, what: str) -> None:
         raise StorageError(f"{what} {url}: bucket {bucket!r} does not exist; create it or fix the URL")
     if reply.status_code in (401, 403):
         raise StorageError(
-            f"{what} {url}: the credentials found may not use bucket {bucket!r} (HTTP {reply.status_code}); "
-            f"grant them storage access or use other credentials"
+            f"{what} {url}: the credentials found may not list objects in bucket {bucket!r} (HTTP "
+            f"{reply.status_code}); grant them storage access or use other credentials"
         )
     if reply.status_code != 200:
         raise StorageError(f"{what} {url}: Cloud Storage answered HTTP {reply.status_code} for bucket {bucket!r}")

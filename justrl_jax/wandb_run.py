@@ -86,12 +86,14 @@ def _loggable(record: dict) -> dict:
 class WandbRun:
     """One run's W&B run: started (or continued, by the id kept in the run directory) on creation."""
 
-    def __init__(self, config: WandbConfig, run_dir, resolved_config: dict):
+    def __init__(self, config: WandbConfig, run_dir, resolved_config: dict, *, resumed: bool):
+        """``resumed``: the run continues from a checkpoint (then the W&B run of the kept id continues);
+        a run that starts at step 0 rewrites its history, so it starts a new W&B run."""
         import wandb
 
         run_dir = run_path(run_dir)
         id_path = run_dir / ID_FILE
-        run_id = id_path.read_text().strip() if id_path.exists() else ""
+        run_id = id_path.read_text().strip() if resumed and id_path.exists() else ""
         if not run_id:
             run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's form
             id_path.write_text(run_id + "\n")

@@ -12,7 +12,7 @@ from tiny_run import read_jsonl
 from justrl_jax import train
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
-from justrl_jax.wandb_run import ID_FILE, WandbConfig
+from justrl_jax.wandb_run import ID_FILE, WandbConfig, WandbRun
 
 
 def test_wandb_config_validates_itself():
@@ -112,3 +112,9 @@ def test_offline_run_holds_every_step_and_a_resume_continues_the_same_run(tmp_pa
     assert config["rollout"]["samples_per_prompt"] == 16 and config["demo"]["sft_steps"] == 0  # resolved, every section
     for d in offline:  # the final figure of each run, as an image of the run
         assert list((d / "files" / "media" / "images").glob("training_dynamics_*.png")), d
+
+    # A start at step 0 (--no-resume, or no checkpoint yet) rewrites the history: a new W&B run.
+    fresh = WandbRun(cfg.loop.wandb, run_dir, {}, resumed=False)
+    fresh_id = fresh.id
+    fresh.close()
+    assert fresh_id != run_id and (run_dir / ID_FILE).read_text().strip() == fresh_id
