@@ -1,7 +1,8 @@
 """The demo in a ``gs://`` run directory on a real Cloud Storage server (fake-gcs-server on 127.0.0.1):
 killed with SIGKILL once a checkpoint is complete in the bucket, run again, it resumes from the newest
 complete checkpoint and ends bitwise where an uninterrupted local run ends; ``convert`` from the bucket
-(to a local or a ``gs://`` directory) gives the logits a local copy of the run gives.
+(to a local or a ``gs://`` directory) gives the logits a local copy of the run gives; a run in the bucket is
+a ``--model`` and a ``plot`` input like a local one.
 
 Both runs are ``python -m justrl_jax.train`` on one CPU device (XLA's CPU code is deterministic for one
 configuration), sharing a compilation cache.
@@ -26,6 +27,8 @@ from transformers import AutoModelForCausalLM
 from justrl_jax.checkpoint import complete_steps, read_meta
 from justrl_jax.convert import convert
 from justrl_jax.metrics import read_metrics
+from justrl_jax.model.source import check_model, describe_model
+from justrl_jax.plot import plot_run
 from justrl_jax.storage import download_dir, run_path
 
 pytestmark = pytest.mark.slow  # two RL runs of the real CLI, one killed and resumed
@@ -133,3 +136,15 @@ def test_convert_from_the_bucket_gives_the_logits_of_a_local_copy(runs):
             logits.append(model(tokens).logits)
     assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
     assert (from_local / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
+
+
+def test_generate_evaluate_and_plot_read_a_run_in_the_bucket(runs):
+    """``--model gs://...`` resolves (newest complete step, tokenizer copied down) as a local run does;
+    ``plot`` writes its figure into the bucket."""
+    _, local, remote, *_ = runs
+    arch_remote, tokenizer_remote = describe_model(remote)
+    arch_local, _ = describe_model(local)
+    assert arch_remote == arch_local and (tokenizer_remote / "tokenizer_config.json").is_file()
+    check_model(f"{remote}/checkpoints/{STEPS}")
+    assert str(plot_run(remote)) == f"{remote}/training_dynamics.png"
+    assert run_path(f"{remote}/training_dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
