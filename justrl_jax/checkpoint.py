@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from justrl_jax.model.hf_io import TOKENIZER_FILES
+from justrl_jax.storage import absolute, is_remote, rmtree, run_path
 from justrl_jax.train_step import TrainState
 
 if TYPE_CHECKING:
@@ -80,17 +82,18 @@ class Restored:
     path: Path  # the step directory it came from
 
 
+# A run directory and everything under it may be local or gs:// (justrl_jax.storage.run_path).
 def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return run_path(run_dir) / "checkpoints"
 
 
 def hf_assets_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "hf_assets"
+    return run_path(run_dir) / "hf_assets"
 
 
 def damaged_dir(run_dir: str | Path) -> Path:
     """Where checkpoints that failed to restore are kept (moved, never deleted)."""
-    return Path(run_dir) / "checkpoints_damaged"
+    return run_path(run_dir) / "checkpoints_damaged"
 
 
 def reset_hf_assets(run_dir: str | Path) -> bool:
@@ -99,17 +102,26 @@ def reset_hf_assets(run_dir: str | Path) -> bool:
     out = hf_assets_dir(run_dir)
     if not out.exists():
         return False
-    shutil.rmtree(out)
+    rmtree(out)
     return True
 
 
 # Everything an HF model directory holds except its weights (small files: copied once per run).
 _HF_ASSET_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES, "tokenizer.model")
+# In a bucket (no atomic rename) the copy is complete once this, written last, exists.
+HF_ASSETS_COMPLETE = ".complete"
 
 
 def save_hf_assets(source_dir: str | Path, run_dir: str | Path) -> Path:
     """Copies (once) the tokenizer, config and generation config of ``source_dir`` into the run."""
     out = hf_assets_dir(run_dir)
+    if is_remote(out):
+        if not (out / HF_ASSETS_COMPLETE).exists():
+            present = [name for name in _HF_ASSET_FILES if (Path(source_dir) / name).is_file()]
+            for name in present:
+                (out / name).write_bytes((Path(source_dir) / name).read_bytes())
+            (out / HF_ASSETS_COMPLETE).write_text("")
+        return out
     if out.is_dir():
         return out
     tmp = out.with_name(out.name + ".tmp")
@@ -124,7 +136,7 @@ def save_hf_assets(source_dir: str | Path, run_dir: str | Path) -> Path:
 
 def is_complete(step_dir: str | Path) -> bool:
     """True for a finalized justrl_jax checkpoint step directory (never for a partial save)."""
-    step_dir = Path(step_dir)
+    step_dir = run_path(step_dir)
     return (
         step_dir.name.isdigit()
         and (step_dir / "params").is_dir()
@@ -177,7 +189,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: str | Path, config: CheckpointConfig = CheckpointConfig()):
         self.config = config
-        self.directory = checkpoint_dir(run_dir).absolute()
+        self.directory = absolute(checkpoint_dir(run_dir))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=config.keep,
             enable_async_checkpointing=config.async_save,
@@ -281,7 +293,7 @@ def find_checkpoint(name: str | Path) -> Path | None:
     A run directory means its newest *complete* checkpoint: a save cut short by a kill (Orbax's
     ``<step>.orbax-checkpoint-tmp`` directory, or one without ``commit_success.txt``) is never used.
     """
-    path = Path(name)
+    path = run_path(name)
     if is_complete(path):
         return path
     if (path / "params").is_dir() or (path / "meta").is_dir():
@@ -299,7 +311,7 @@ def find_checkpoint(name: str | Path) -> Path | None:
 
 def restore_step_dir(step_dir: str | Path, abstract_params, abstract_opt_state) -> Restored:
     """Restores one complete checkpoint step directory onto the abstract targets' shardings."""
-    step_dir = Path(step_dir).absolute()
+    step_dir = absolute(step_dir)
     if not is_complete(step_dir):
         raise FileNotFoundError(f"{step_dir} is not a complete justrl_jax checkpoint step directory")
     with ocp.StandardCheckpointer() as handler:
@@ -310,7 +322,7 @@ def restore_step_dir(step_dir: str | Path, abstract_params, abstract_opt_state) 
 
 def read_meta(step_dir: str | Path) -> dict:
     """The JSON ``meta`` item of one checkpoint step directory."""
-    path = Path(step_dir) / "meta" / "metadata"
+    path = run_path(step_dir) / "meta" / "metadata"
     if not path.is_file():
         raise FileNotFoundError(f"{step_dir} is not a complete justrl_jax checkpoint (no meta/metadata)")
     return json.loads(path.read_text())
@@ -318,7 +330,7 @@ def read_meta(step_dir: str | Path) -> dict:
 
 def restore_params(step_dir: str | Path, abstract_params):
     """Only the parameters of one checkpoint step directory (for convert, generate, evaluate)."""
-    step_dir = Path(step_dir).absolute()
+    step_dir = absolute(step_dir)
     try:
         with ocp.StandardCheckpointer() as handler:
             return handler.restore(step_dir / "params", abstract_params)
@@ -497,7 +509,10 @@ def restore_train_state(step_dir: Path, like: TrainState) -> tuple[TrainState, R
 def continue_history(checkpointer: Checkpointer, step_dir: Path, step: int) -> None:
     """This run directory's history now continues from ``step``: a checkpoint of the abandoned future
     (or another run's step of the same number) must not be resumed from, or collide, later."""
-    same = step_dir.absolute().resolve() == checkpointer.step_dir(step).resolve()
+    if is_remote(step_dir) or is_remote(checkpointer.directory):
+        same = str(step_dir).rstrip("/") == str(checkpointer.step_dir(step))
+    else:
+        same = step_dir.absolute().resolve() == checkpointer.step_dir(step).resolve()
     dropped = checkpointer.delete_after(step if same else step - 1)
     if dropped:
         log.warning(
@@ -588,6 +603,6 @@ def _jsonable(obj):
         return _jsonable(obj.item())
     if isinstance(obj, float) and not np.isfinite(obj):
         return str(obj)  # JSON has no NaN/Inf
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, os.PathLike):  # a local Path or a gs:// epath.Path
+        return os.fspath(obj)
     return obj

@@ -2,7 +2,7 @@
 
 Writes a checkpoint as a directory transformers loads: weights (safetensors), config.json,
 generation_config.json and the tokenizer of the model the run started from. ``RUN_DIR`` may also be
-one checkpoint step directory (``RUN_DIR/checkpoints/<step>``).
+one checkpoint step directory (``RUN_DIR/checkpoints/<step>``); either, and ``HF_DIR``, may be ``gs://``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from pathlib import Path
 from justrl_jax.checkpoint import checkpoint_dir, complete_steps, is_complete
 from justrl_jax.console import quiet_start
 from justrl_jax.output_file import atomic_dir, check_output
+from justrl_jax.storage import check_location, run_path
 
 
 def checkpoint_to_convert(run_dir: str | Path, step: int | None = None) -> Path:
     """The step directory ``convert`` reads: ``step`` of ``run_dir``, or its newest complete one."""
     from justrl_jax.checkpoint import find_checkpoint
 
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     if step is None:
         step_dir = find_checkpoint(run_dir)
         if step_dir is None:
@@ -66,7 +67,7 @@ def convert(
     gen["eos_token_id"] = eos if len(eos) > 1 else eos[0]
     with atomic_dir(out) as tmp:
         export_hf_model(policy.model, tmp, dtype=dtype, source_dir=policy.tokenizer_dir, generation_config=gen)
-    return Path(out)
+    return run_path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory as a whole")
     args = parser.parse_args(argv)
     try:
+        check_location(args.run_dir, "RUN_DIR")  # a bucket that cannot be used: one line now, exit 2
+        check_location(args.out, "--out")
         step_dir = checkpoint_to_convert(args.run_dir, args.step)
         out = convert(step_dir, args.out, dtype=args.dtype, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -28,6 +30,7 @@ from flax import nnx
 
 from justrl_jax.model.hf_io import export_hf_model
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config, positions_from_mask
+from justrl_jax.storage import download_dir, is_remote, run_path, upload_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,8 @@ def prepare_for_run(config: DemoConfig, run_dir: Path, timeout_s: float) -> Demo
     from justrl_jax.prompts import PromptFormat, format_prompt
 
     suffix = format_prompt("", PromptFormat.TRAIN)
+    if is_remote(run_dir):
+        return _prepare_in_bucket(config, run_path(run_dir) / "demo_assets", suffix, timeout_s)
     directory = Path(run_dir) / "demo_assets"
     if jax.process_index() == 0:
         assets = prepare(config, directory, suffix)
@@ -132,6 +137,25 @@ def prepare_for_run(config: DemoConfig, run_dir: Path, timeout_s: float) -> Demo
     if jax.process_index() != 0:
         assets = prepare(config, directory, suffix)  # finds what process 0 wrote
     return assets
+
+
+def _prepare_in_bucket(config: DemoConfig, remote, suffix: str, timeout_s: float) -> DemoAssets:
+    """The demo's assets of a ``gs://`` run: built locally by process 0 and uploaded (``base_model/config.json``
+    last, so it marks a complete copy) unless the bucket has them; every process reads a local copy
+    (transformers and the data reader read local files only)."""
+    from justrl_jax.distributed import barrier
+
+    marker = remote / "base_model" / "config.json"
+    if jax.process_index() == 0 and not marker.exists():
+        local = Path(tempfile.mkdtemp(prefix="justrl_jax_demo_"))
+        try:
+            prepare(config, local, suffix)
+            upload_dir(local, remote, last="config.json")
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+    barrier("demo_assets", max(timeout_s, _PREPARE_TIMEOUT_S))
+    local = download_dir(remote)
+    return DemoAssets(local / "base_model", local / "train.jsonl")
 
 
 def _round_up(n: int, k: int) -> int:

@@ -121,7 +121,9 @@ def _config(args):
 
 def _default_out(model: str) -> Path:
     """eval/<model dir name>, or eval/<run>_step<N> for RUN/checkpoints/<N>."""
-    path = Path(model)
+    from justrl_jax.storage import run_path
+
+    path = run_path(model)
     name = path.name
     if name.isdigit() and path.parent.name == "checkpoints":
         name = f"{path.parent.parent.name}_step{name}"
@@ -134,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
+        from justrl_jax.storage import check_location
+
+        check_location(args.model, "--model")  # a bucket that cannot be used: one line, exit 2
         cfg = _config(args)
         from justrl_jax.evaluation.runner import load_benchmarks
         from justrl_jax.model.source import check_model

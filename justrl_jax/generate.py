@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_start()  # before JAX or transformers can print their false advisories
     args = _parser().parse_args(argv)
     try:  # settings and prompts are checked before the model is loaded
+        from justrl_jax.storage import check_location
+
+        check_location(args.model, "--model")  # a bucket that cannot be used: one line, exit 2
         cfg = load_generate_config(args)
         rows = read_prompt_lines(args.prompts)
         sampler_config = dataclasses.replace(

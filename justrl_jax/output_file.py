@@ -8,6 +8,11 @@ Every command that writes a file or a directory (``generate``, ``verify``, ``con
 * :func:`atomic_file` / :func:`atomic_dir` write under a temporary name next to the target and
   rename it into place only once complete, so a failure or a kill leaves the old output intact.
 
+A ``gs://`` output (``convert --out``, ``plot --out``) is written locally first, then uploaded: a file in
+one upload (Cloud Storage writes each object atomically), a directory file by file with
+``config.json`` last after the old export was removed (a bucket renames nothing atomically, so a
+failure during the upload leaves no old export but never a new one that looks complete).
+
 Example::
 
     check_output(args.output, [args.input], overwrite=args.overwrite, flag="--output")
@@ -20,8 +25,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from justrl_jax.storage import is_remote, rmtree, run_path, same_or_nested, upload_dir
 
 
 class OutputError(ValueError):
@@ -30,6 +38,8 @@ class OutputError(ValueError):
 
 def _overlap(a: Path, b: Path) -> bool:
     """True when ``a`` and ``b`` are the same path or one lies inside the other (after symlinks)."""
+    if is_remote(a) or is_remote(b):
+        return same_or_nested(a, b)
     if a.exists() and b.exists() and os.path.samefile(a, b):  # hard links too
         return True
     a, b = a.resolve(), b.resolve()
@@ -46,12 +56,12 @@ def check_output(
 ) -> Path:
     """Refuses ``output`` when it is (or holds, or lies inside) one of ``inputs``, when it exists and
     ``overwrite`` is false, or when it is a directory where a file is wanted (and the reverse)."""
-    output = Path(output)
+    output = run_path(output)
     for source in inputs:
-        source = Path(source)
+        source = run_path(source)
         if source.exists() and _overlap(output, source):
             raise OutputError(f"{flag} {output} is (or overlaps) the input {source}; choose another {flag}")
-    if output.exists() or output.is_symlink():
+    if output.exists() or (not is_remote(output) and output.is_symlink()):
         if directory and not output.is_dir():
             raise OutputError(f"{flag} {output} is a file; name a directory")
         if not directory and output.is_dir():
@@ -70,6 +80,13 @@ def _temporary(path: Path) -> Path:
 def atomic_file(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
     """Opens a temporary sibling of ``path`` for writing; renames it onto ``path`` when the block ends
     without an exception, and removes it otherwise (the old ``path``, if any, is untouched)."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory() as local:
+            tmp = Path(local) / "out"
+            with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+                yield f
+            run_path(path).write_bytes(tmp.read_bytes())  # one object: complete or absent
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
@@ -88,6 +105,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yields an empty temporary sibling directory; when the block succeeds it replaces ``path`` as a
     whole (so nothing a previous content left, such as stale shards, survives). On failure it is
     removed and ``path`` is untouched."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory() as local:
+            yield Path(local)
+            if run_path(path).exists():
+                rmtree(path)
+            upload_dir(Path(local), path, last="config.json")
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from justrl_jax.metrics import read_metrics
 from justrl_jax.output_file import atomic_file, check_output
+from justrl_jax.storage import check_location, run_path
 
 PANELS = (
     ("actor/entropy", None, "entropy"),
@@ -23,13 +24,14 @@ PANELS = (
 def plot_run(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
     """Draws the figure of ``run_dir`` into ``out`` (default ``RUN_DIR/training_dynamics.png``); an
     existing ``out`` is replaced only when ``overwrite``, and only once the new figure is complete."""
-    if not Path(run_dir).is_dir():
+    run_dir = run_path(run_dir)
+    if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     records = read_metrics(run_dir)
     if not records:
-        raise ValueError(f"{Path(run_dir) / 'metrics.jsonl'} holds no steps yet; plot once the run has logged one")
-    out = Path(out) if out else Path(run_dir) / "training_dynamics.png"
-    check_output(out, [Path(run_dir) / "metrics.jsonl"], overwrite=overwrite, flag="--out")
+        raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no steps yet; plot once the run has logged one")
+    out = run_path(out) if out else run_dir / "training_dynamics.png"
+    check_output(out, [run_dir / "metrics.jsonl"], overwrite=overwrite, flag="--out")
 
     import matplotlib
 
@@ -46,7 +48,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, overwrite: b
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.suptitle(str(Path(run_dir).name))
+    fig.suptitle(str(run_dir.name))
     fig.tight_layout()
     with atomic_file(out, "wb") as f:
         fig.savefig(f, dpi=120, format="png")
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     try:
+        check_location(args.run_dir, "RUN_DIR")
+        check_location(args.out or "", "--out")
         print(plot_run(args.run_dir, args.out, overwrite=args.overwrite))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

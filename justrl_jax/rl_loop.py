@@ -40,6 +40,7 @@ from justrl_jax.preemption import StopRequest
 from justrl_jax.run_config import RunConfig, check_against_mesh
 from justrl_jax.sampler import FinishReason, Sampler
 from justrl_jax.sharding import MeshConfig, data_parallel_size, make_mesh
+from justrl_jax.storage import run_path
 from justrl_jax.train_batch import logprob_gap, rollout_train_batch
 from justrl_jax.train_step import init_train_state, make_compute_logps, make_train_step, state_sharding
 from justrl_jax.verdict_stream import VerdictStream
@@ -69,7 +70,7 @@ class RLRunner:
         devices: list | None = None,
     ):
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_path(run_dir)  # local or gs://
         self.primary = jax.process_index() == 0
         mesh_spec = mesh_spec or cfg.mesh
         self.mesh = make_mesh(MeshConfig.parse(mesh_spec) if mesh_spec else MeshConfig(), devices)
@@ -137,7 +138,12 @@ class RLRunner:
         elif self.checkpointer is not None and self.primary and reset_hf_assets(self.run_dir):
             # Step 0: nothing refers to the run-local copy of an older starting model any more.
             log.warning("starting at step 0: removed the run's old hf_assets/ (copied afresh at the first save)")
-        self.metrics = MetricsWriter(self.run_dir, enabled=self.primary, resume_step=self.start_step)
+        tracker = None
+        if self.primary and cfg.loop.wandb.enabled:
+            from justrl_jax.wandb_run import WandbRun
+
+            tracker = WandbRun(cfg.loop.wandb, self.run_dir, to_dict(cfg), resumed=self.start_step > 0)
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.primary, resume_step=self.start_step, tracker=tracker)
         if self.primary:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
         self.verifier = Verifier(cfg.verifier)
@@ -277,6 +283,8 @@ class RLRunner:
                     saved = f"checkpoint {done} saved" if self.checkpointer else "checkpoints are disabled"
                     log.warning("stopped by %s after %d completed steps; %s", stop.cause, done, saved)
                     break
+            if last and self.metrics.tracker is not None:
+                self.metrics.tracker.log_plot()  # the final figure, next to the curves it draws
         return last
 
     def _newest_good(self) -> str:

@@ -20,6 +20,7 @@ from justrl_jax.model.attention import check_implementation
 from justrl_jax.sampling_settings import SamplingSettings
 from justrl_jax.train_step import TrainConfig
 from justrl_jax.verifier import VerifierConfig
+from justrl_jax.wandb_run import WandbConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/ (editable install)
 
@@ -87,12 +88,14 @@ class LoopConfig:
     total_steps: rollout steps to run (JustRL reports 4,380 / 3,440); 0 = one pass over the data.
     seed: sampling seed; each step's key is derived from (seed, step), so a resume is exact.
     max_nonfinite_steps: stop after this many consecutive steps whose updates were all skipped.
+    wandb: Weights & Biases logging next to metrics.jsonl and TensorBoard (off while its project is empty).
     """
 
     total_steps: int = 0
     seed: int = 0
     max_nonfinite_steps: int = 5
     distributed_timeout_s: int = 300  # a host that stops answering fails the others after this
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
     def __post_init__(self):
         if self.total_steps < 0:

@@ -10,6 +10,9 @@ A directory that exists, is not empty and is not a justrl_jax run directory (it 
 the user adopts it explicitly (``train --adopt-run-dir``). A start that fails leaves no directory
 it created behind.
 
+A ``gs://`` run directory is claimed by :class:`justrl_jax.gcs_lock.GcsRunLock` instead (a bucket has no
+``flock``: a generation-match precondition and a heartbeat); the other rules are the same.
+
 Example::
 
     with RunDirLock("runs/deepseek") as lock:
@@ -26,6 +29,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from justrl_jax.storage import is_remote, rmtree, run_path
+
 LOCK_FILE = "run.lock"
 # Entries only a justrl_jax run creates: one of them marks a directory as a run directory.
 _RUN_MARKERS = (LOCK_FILE, "checkpoints", "demo_assets")
@@ -37,20 +42,23 @@ class RunDirError(ValueError):
 
 def is_run_dir(path: str | Path) -> bool:
     """True when ``path`` holds something only a justrl_jax run writes."""
-    return any((Path(path) / name).exists() for name in _RUN_MARKERS)
+    return any((run_path(path) / name).exists() for name in _RUN_MARKERS)
 
 
 class RunDirLock:
     """The exclusive claim of one run on its directory (see the module docstring)."""
 
     def __init__(self, run_dir: str | Path, *, adopt: bool = False):
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_path(run_dir)
         self.adopt = adopt
         self.created: Path | None = None  # the topmost directory this start made (a failed start removes it)
         self.was_empty = False  # it was empty (so a failed start empties it again)
         self._fd: int | None = None
+        self._remote = None  # the GcsRunLock of a gs:// run directory
 
     def acquire(self) -> RunDirLock:
+        if is_remote(self.run_dir):
+            return self._acquire_remote()
         d = self.run_dir
         if d.exists() and not d.is_dir():
             raise RunDirError(f"run directory {d} is a file; name a directory")
@@ -97,7 +105,27 @@ class RunDirLock:
         os.fsync(fd)
         return self
 
+    def _acquire_remote(self) -> RunDirLock:
+        from justrl_jax.gcs_lock import GcsRunLock, LockHeld
+
+        d = run_path(self.run_dir)
+        entries = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        if entries and not is_run_dir(d) and not self.adopt:
+            raise RunDirError(
+                f"run directory {d} is not empty ({', '.join(entries[:5])}...) and is not a justrl_jax run "
+                f"directory; choose a new or empty --run-dir, or pass --adopt-run-dir to run there anyway"
+            )
+        self.was_empty = not entries  # a prefix with no objects: everything a failed start wrote is its own
+        try:
+            self._remote = GcsRunLock(str(d)).acquire()
+        except LockHeld as e:
+            raise RunDirError(str(e)) from None
+        return self
+
     def release(self) -> None:
+        if self._remote is not None:
+            self._remote.release()
+            self._remote = None
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -106,6 +134,12 @@ class RunDirLock:
     def discard_failed_start(self) -> None:
         """Releases the lock; removes the directory (and the parents) this start created, and empties it
         again when it was empty (everything in it is then this start's own)."""
+        if is_remote(self.run_dir):
+            held = self._remote is not None
+            self.release()
+            if held and self.was_empty:
+                rmtree(self.run_dir)
+            return
         held = self._fd is not None
         self.release()
         if held and self.created is not None:

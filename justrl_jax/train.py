@@ -130,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     name = Path(args.config or default_config_path()).stem
     run_dir = args.run_dir or str(Path("runs") / name)
     resume: bool | str = args.resume if args.resume else not args.no_resume
+    from justrl_jax.storage import check_location
+
+    try:  # a bucket that cannot be used is one line now, not an error in the middle of the first save
+        check_location(run_dir, "--run-dir")
+        check_location(args.resume or "", "--resume")
+        check_location(cfg.model.path, "model.path")
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     # Process 0 owns the run directory for the whole run (the others write only what Orbax shares).
     lock = RunDirLock(run_dir, adopt=args.adopt_run_dir)
     try:

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from justrl_jax.checkpoint import find_checkpoint, hf_assets_dir, read_meta, restore_params
+from justrl_jax.checkpoint import HF_ASSETS_COMPLETE, find_checkpoint, hf_assets_dir, read_meta, restore_params
 from justrl_jax.model.construct import abstract_model, state_shardings
 from justrl_jax.model.hf_io import load_hf_model, read_hf_config, read_hf_tensors, resolve_model_dir
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
+from justrl_jax.storage import download_dir, is_remote, run_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +37,13 @@ class Policy:
 
 
 def tokenizer_dir_of(step_dir: str | Path) -> Path:
-    """Where the tokenizer of a checkpoint is: its run's ``hf_assets`` copy, else the starting model."""
-    step_dir = Path(step_dir)
-    candidates = [hf_assets_dir(step_dir.parent.parent)]
+    """Where the tokenizer of a checkpoint is: its run's ``hf_assets`` copy, else the starting model. A
+    run in a bucket has its copy downloaded (transformers reads local files only)."""
+    step_dir = run_path(step_dir)
+    assets = hf_assets_dir(step_dir.parent.parent)
+    if is_remote(assets) and (assets / HF_ASSETS_COMPLETE).exists():
+        assets = download_dir(assets)
+    candidates = [assets]
     recorded = read_meta(step_dir).get("model", {}).get("tokenizer_dir")
     if recorded:
         candidates.append(Path(recorded))
