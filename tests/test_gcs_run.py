@@ -148,3 +148,20 @@ def test_generate_evaluate_and_plot_read_a_run_in_the_bucket(runs):
     check_model(f"{remote}/checkpoints/{STEPS}")
     assert str(plot_run(remote)) == f"{remote}/training_dynamics.png"
     assert run_path(f"{remote}/training_dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generate_from_the_bucket_equals_generate_from_the_local_run(runs):
+    """``generate --model gs://...`` end to end: the run in the bucket ends bitwise where the local run
+    ends, so its greedy completions are the local run's, token for token."""
+    _, local, remote, *_, root = runs
+    prompts = root / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is 2 + 3?"}\n{"prompt": "Compute 7 * 6."}\n')
+    outputs = []
+    for name, model in (("local", local), ("bucket", remote)):
+        out = root / f"generate_{name}.jsonl"
+        cmd = [sys.executable, "-m", "justrl_jax.generate", "--model", str(model), "--prompts", str(prompts)]
+        cmd += ["--output", str(out), "--greedy", "--max-new-tokens", "8"]
+        res = subprocess.run(cmd, env=_env(root / "xla_cache"), capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outputs.append([[s["completion_ids"] for s in row["samples"]] for row in read_jsonl(out)])
+    assert outputs[0] == outputs[1] and all(len(ids[0]) > 0 for ids in outputs[0])
