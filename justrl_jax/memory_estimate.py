@@ -235,6 +235,8 @@ def plan_memory(
     elif impl == "blockwise":  # fp32 tiles of one query block against one key block
         block = min(inputs.attention_block, w)
         attention = rows * heads * block * block * 4 * _BLOCK_TILE_COPIES
+        # remat keeps each layer's attention output and fp32 log-sum-exp (attention.REMAT_POLICY)
+        saved += config.num_layers * t * heads * (config.head_dim * inputs.compute_bytes + 4)
     else:  # fused kernels: tiles in on-chip memory; the log-sum-exp per query stays
         attention = rows * heads * w * 4
     vocab = config.vocab_size // tensor if config.vocab_size % tensor == 0 else config.vocab_size
