@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from justrl_jax.model.attention import check_implementation
+from justrl_jax.model.attention import DEFAULT_BLOCK, check_implementation
 from justrl_jax.model.construct import abstract_model
 from justrl_jax.model.qwen2 import Qwen2Config
 from justrl_jax.sharding import MeshConfig, logical_spec
@@ -65,7 +65,7 @@ class PlanInputs:
     packed_row_tokens: int = 0  # train.max_tokens_per_row; 0 = the padded layout (one sequence a row)
     micro_batch_tokens: int = 0  # packed: tokens per device per micro-batch (0 = one row)
     attention: str = "auto"  # model.attention; auto is resolved by the device (see attention_for)
-    attention_block: int = 512  # blockwise attention's block
+    attention_block: int = DEFAULT_BLOCK  # blockwise attention's block
     # Decoder layers whose intermediates are live at once in the backward pass: 1 where per-layer remat
     # bounds them (the assumption for accelerators, not measured here); XLA:CPU keeps every layer's
     # (measured: its compiled temporaries barely change with remat; scripts/memory_plan_vs_bench.py).
@@ -235,6 +235,8 @@ def plan_memory(
     elif impl == "blockwise":  # fp32 tiles of one query block against one key block
         block = min(inputs.attention_block, w)
         attention = rows * heads * block * block * 4 * _BLOCK_TILE_COPIES
+        # remat keeps each layer's attention output and fp32 log-sum-exp (attention.REMAT_POLICY)
+        saved += config.num_layers * t * heads * (config.head_dim * inputs.compute_bytes + 4)
     else:  # fused kernels: tiles in on-chip memory; the log-sum-exp per query stays
         attention = rows * heads * w * 4
     vocab = config.vocab_size // tensor if config.vocab_size % tensor == 0 else config.vocab_size

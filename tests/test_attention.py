@@ -105,3 +105,30 @@ def test_auto_is_blockwise_on_cpu_and_bad_names_are_refused():
         assert A.resolve("auto", q) == "blockwise"
     with pytest.raises(ValueError, match="model.attention"):
         A.check_implementation("flash")
+
+
+def test_remat_keeps_the_blockwise_output_instead_of_running_it_again():
+    """A rematerialised layer saves the attention's output and log-sum-exp (REMAT_POLICY): its compiled
+    gradient holds the same block loops as without remat (forward and backward once per layer), not a
+    second forward pass of the attention."""
+    from flax import nnx
+
+    from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
+
+    cfg = Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
+    )
+    t = 3 * A.DEFAULT_BLOCK  # several blocks: the block loops are real loops
+    tokens, positions = jnp.zeros((1, t), jnp.int32), jnp.arange(t)[None]
+
+    def loops(remat: bool) -> int:
+        graphdef, params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(0), remat=remat, attention="blockwise"))
+
+        def f(p):
+            return jnp.sum(nnx.merge(graphdef, p)(tokens, positions, jnp.ones((1, t), jnp.int32))[0])
+
+        return jax.jit(jax.grad(f)).lower(params).compile().as_text().count(" while(")
+
+    plain = loops(remat=False)
+    assert plain >= 2 * cfg.num_layers  # the forward and the backward block loops of each layer
+    assert loops(remat=True) == plain

@@ -21,14 +21,19 @@ Shapes: B batch, T length, N query heads, K KV heads, G = N // K, H head dim.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "splash", "cudnn")
-DEFAULT_BLOCK = 512
+DEFAULT_BLOCK = 256
+
+# What a rematerialised decoder layer saves for its backward pass: blockwise attention's output and
+# log-sum-exp (O(T) per head), so recomputing the layer skips the attention, its costliest part; the
+# projections and the MLP are recomputed from the layer's input as before.
+REMAT_POLICY = jax.checkpoint_policies.save_only_these_names("attention_out", "attention_lse")
 
 _log = logging.getLogger(__name__)
 _fallbacks_logged: set[str] = set()
@@ -154,45 +159,53 @@ def blockwise_attention(q, k, v, segment_ids, block: int = DEFAULT_BLOCK):
     b, t, n, h = q.shape
     bs = _block_size(t, block)
     t_pad = -(-t // bs) * bs
-    kv_heads = k.shape[2]
-    # [B,K,G,T,H] and [B,K,S,H]: the block loops slice the sequence axis.
-    qg = jnp.moveaxis(_grouped(_pad_to(q, t_pad), kv_heads), 1, 3)
-    kk = jnp.moveaxis(_pad_to(k, t_pad), 1, 2)
-    vv = jnp.moveaxis(_pad_to(v, t_pad), 1, 2)
-    seg = _pad_to(segment_ids.astype(jnp.int32), t_pad)
-    out = _flash(qg, kk, vv, seg, bs)  # [B,K,G,T,H]
-    return jnp.moveaxis(out, 3, 1).reshape(b, t_pad, n, h)[:, :t]
+    nb, kv_heads = t_pad // bs, k.shape[2]
+    # Blocked layouts, built once outside the loops: q [nb,B,K,G,bs,H], k, v [nb,B,K,bs,H], segment ids
+    # [nb,B,bs]. A loop step then takes one whole block by its leading index (no strided slicing).
+    qb = _grouped(_pad_to(q, t_pad), kv_heads).reshape(b, nb, bs, kv_heads, n // kv_heads, h)
+    qb = jnp.transpose(qb, (1, 0, 3, 4, 2, 5))
+    kb, vb = (jnp.transpose(_pad_to(x, t_pad).reshape(b, nb, bs, kv_heads, h), (1, 0, 3, 2, 4)) for x in (k, v))
+    seg = _pad_to(jnp.asarray(segment_ids, jnp.int32), t_pad).reshape(b, nb, bs).swapaxes(0, 1)
+    out = _flash(qb, kb, vb, seg)  # [nb,B,K,G,bs,H]
+    return jnp.transpose(out, (1, 0, 4, 2, 3, 5)).reshape(b, t_pad, n, h)[:, :t]
 
 
-def _block_scores(qi, kj, sq, sk, i, j, bs, scale):
-    """Scaled fp32 scores of query block i against key block j, masked to -inf; and the mask."""
+def _allowed_t(seg_k, seg_q, slot_k, slot_q):
+    """[B,1,S,1,Q] bool, key-major (the backward pass works on transposed blocks): causal, same segment,
+    not padding."""
+    causal = slot_k[:, None] <= slot_q[None, :]
+    same = (seg_k[:, :, None] == seg_q[:, None, :]) & (seg_k[:, :, None] > 0)
+    return (causal[None] & same)[:, None, :, None, :]
+
+
+def _ranges(seg):
+    """:func:`_block_ranges` of blocked segment ids [nb,B,bs]."""
+    nb, b, bs = seg.shape
+    return _block_ranges(seg.swapaxes(0, 1).reshape(b, nb * bs), bs)
+
+
+def _flash_forward(q, k, v, seg, ranges):
+    """Online softmax over the key blocks each query block needs: -> out [nb,B,K,G,bs,H] in q's dtype and
+    the log-sum-exp of the scaled scores, lse [nb,B,K,G,bs] (0 at padding queries)."""
+    nb, b, kh, g, bs, h = q.shape
+    (q_lo, q_hi), _ = ranges
+    qs = q * jnp.asarray(h**-0.5, q.dtype)  # scale once, not every block of scores
+    k_t = jnp.swapaxes(k, -1, -2)  # [nb,B,K,H,bs]: the scores' matmul takes [H, S] as it is laid out
     slots = jnp.arange(bs)
-    s = jnp.einsum("BKGQH,BKSH->BKGQS", qi, kj, preferred_element_type=jnp.float32) * scale
-    allowed = _allowed(sq, sk, i * bs + slots, j * bs + slots)[:, None, None]  # [B,1,1,Q,S]
-    return jnp.where(allowed, s, -jnp.inf), allowed
-
-
-def _sl(x, i, bs, axis):
-    return jax.lax.dynamic_slice_in_dim(x, i * bs, bs, axis)
-
-
-def _flash_forward(q, k, v, seg, bs):
-    b, kh, g, t, h = q.shape
-    scale = h**-0.5
-    (q_lo, q_hi), _ = _block_ranges(seg, bs)
 
     def query_block(i):
-        qi, sq = _sl(q, i, bs, 3), _sl(seg, i, bs, 1)
+        qi, sq = qs[i], seg[i]
 
         def key_block(j, carry):
             m, denom, acc = carry
-            kj, vj, sk = _sl(k, j, bs, 2), _sl(v, j, bs, 2), _sl(seg, j, bs, 1)
-            s, _ = _block_scores(qi, kj, sq, sk, i, j, bs, scale)
+            s = jnp.einsum("BKGQH,BKHS->BKGQS", qi, k_t[j], preferred_element_type=jnp.float32)
+            allowed = _allowed(sq, seg[j], i * bs + slots, j * bs + slots)[:, None, None]  # [B,1,1,Q,S]
+            s = jnp.where(allowed, s, -jnp.inf)
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row with nothing allowed yet
             p = jnp.exp(s - m_safe[..., None])
             corr = jnp.exp(m - m_safe)
-            pv = jnp.einsum("BKGQS,BKSH->BKGQH", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+            pv = jnp.einsum("BKGQS,BKSH->BKGQH", p.astype(v.dtype), v[j], preferred_element_type=jnp.float32)
             return m_new, denom * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
 
         init = (
@@ -207,69 +220,59 @@ def _flash_forward(q, k, v, seg, bs):
         lse = jnp.where(seen, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(safe), 0.0)
         return out.astype(q.dtype), lse
 
-    out, lse = jax.lax.map(query_block, jnp.arange(t // bs))  # [nb, B,K,G,bs,(H)]
-    out = jnp.moveaxis(out, 0, 3).reshape(b, kh, g, t, h)
-    lse = jnp.moveaxis(lse, 0, 3).reshape(b, kh, g, t)
-    return out, lse
+    return jax.lax.map(query_block, jnp.arange(nb))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _flash(q, k, v, seg, bs):
-    return _flash_forward(q, k, v, seg, bs)[0]
+@jax.custom_vjp
+def _flash(q, k, v, seg):
+    return _flash_forward(q, k, v, seg, _ranges(seg))[0]
 
 
-def _flash_fwd(q, k, v, seg, bs):
-    out, lse = _flash_forward(q, k, v, seg, bs)
-    return out, (q, k, v, seg, out, lse)
+def _flash_fwd(q, k, v, seg):
+    ranges = _ranges(seg)
+    out, lse = _flash_forward(q, k, v, seg, ranges)
+    # Named, so a rematerialised layer keeps them (REMAT_POLICY) instead of running this forward again.
+    out, lse = checkpoint_name(out, "attention_out"), checkpoint_name(lse, "attention_lse")
+    return out, (q, k, v, seg, out, lse, ranges)
 
 
-def _flash_bwd(bs, residuals, dout):
-    q, k, v, seg, out, lse = residuals
-    b, kh, g, t, h = q.shape
+def _flash_bwd(residuals, dout):
+    """One pass over the needed (key block, query block) pairs, key blocks outermost (FlashAttention-2's
+    order): each pair recomputes its probabilities once and feeds dk, dv and dq from them. The blocks are
+    key-major ([S, G*Q]), so every one of the five matmuls takes its operands as they are laid out, with
+    no transposed copy inside the loop; dq is accumulated transposed ([H, G*Q]) for the same reason."""
+    q, k, v, seg, out, lse, (_, (k_lo, k_hi)) = residuals
+    nb, b, kh, g, bs, h = q.shape
     scale = h**-0.5
-    (q_lo, q_hi), (k_lo, k_hi) = _block_ranges(seg, bs)
-    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B,K,G,T]
+    qs = q * jnp.asarray(scale, q.dtype)
+    qs_t = jnp.moveaxis(qs, -1, 3)  # [nb,B,K,H,G,bs]
+    dout_t = jnp.moveaxis(dout, -1, 3)
+    k_t = jnp.swapaxes(k, -1, -2)  # [nb,B,K,H,bs]
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [nb,B,K,G,bs]
+    slots = jnp.arange(bs)
 
-    def probs(i, j):
-        """Recomputed probabilities of block (i, j) and d(loss)/d(scores)."""
-        qi, sq, li, di, doi = (
-            _sl(q, i, bs, 3),
-            _sl(seg, i, bs, 1),
-            _sl(lse, i, bs, 3),
-            _sl(delta, i, bs, 3),
-            _sl(dout, i, bs, 3),
-        )
-        kj, vj, sk = _sl(k, j, bs, 2), _sl(v, j, bs, 2), _sl(seg, j, bs, 1)
-        s, allowed = _block_scores(qi, kj, sq, sk, i, j, bs, scale)
-        p = jnp.where(allowed, jnp.exp(s - li[..., None]), 0.0)
-        dp = jnp.einsum("BKGQH,BKSH->BKGQS", doi, vj, preferred_element_type=jnp.float32)
-        ds = p * (dp - di[..., None])
-        return qi, kj, doi, p, ds
+    def key_block(dq_t, j):
+        kj, vj, kj_t, sk = k[j], v[j], k_t[j], seg[j]
 
-    def dq_block(i):
-        def body(j, dq):
-            _, kj, _, _, ds = probs(i, j)
-            return dq + jnp.einsum("BKGQS,BKSH->BKGQH", ds.astype(k.dtype), kj, preferred_element_type=jnp.float32)
-
-        return jax.lax.fori_loop(q_lo[i], q_hi[i], body, jnp.zeros((b, kh, g, bs, h), jnp.float32)) * scale
-
-    def dkv_block(j):
-        def body(i, acc):
-            dk, dv = acc
-            qi, _, doi, p, ds = probs(i, j)
-            dv = dv + jnp.einsum("BKGQS,BKGQH->BKSH", p.astype(v.dtype), doi, preferred_element_type=jnp.float32)
-            dk = dk + jnp.einsum("BKGQS,BKGQH->BKSH", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
-            return dk, dv
+        def query_block(i, carry):
+            dk, dv, dq_t = carry
+            s_t = jnp.einsum("BKSH,BKHGQ->BKSGQ", kj, qs_t[i], preferred_element_type=jnp.float32)
+            allowed = _allowed_t(sk, seg[i], j * bs + slots, i * bs + slots)
+            p_t = jnp.where(allowed, jnp.exp(s_t - lse[i][:, :, None]), 0.0)  # [B,K,S,G,Q]
+            dp_t = jnp.einsum("BKSH,BKHGQ->BKSGQ", vj, dout_t[i], preferred_element_type=jnp.float32)
+            ds_t = p_t * (dp_t - delta[i][:, :, None])
+            dv = dv + jnp.einsum("BKSGQ,BKGQH->BKSH", p_t.astype(v.dtype), dout[i], preferred_element_type=jnp.float32)
+            dk = dk + jnp.einsum("BKSGQ,BKGQH->BKSH", ds_t.astype(q.dtype), qs[i], preferred_element_type=jnp.float32)
+            dq_i = jnp.einsum("BKHS,BKSGQ->BKHGQ", kj_t, ds_t.astype(k.dtype), preferred_element_type=jnp.float32)
+            return dk, dv, dq_t.at[i].add(dq_i)
 
         zero = jnp.zeros((b, kh, bs, h), jnp.float32)
-        dk, dv = jax.lax.fori_loop(k_lo[j], k_hi[j], body, (zero, zero))
-        return dk * scale, dv
+        dk, dv, dq_t = jax.lax.fori_loop(k_lo[j], k_hi[j], query_block, (zero, zero, dq_t))
+        return dq_t, (dk, dv)
 
-    nb = t // bs
-    dq = jnp.moveaxis(jax.lax.map(dq_block, jnp.arange(nb)), 0, 3).reshape(b, kh, g, t, h)
-    dk, dv = jax.lax.map(dkv_block, jnp.arange(nb))
-    dk = jnp.moveaxis(dk, 0, 2).reshape(b, kh, t, h)
-    dv = jnp.moveaxis(dv, 0, 2).reshape(b, kh, t, h)
+    dq_t = jnp.zeros((nb, b, kh, h, g, bs), jnp.float32)
+    dq_t, (dk, dv) = jax.lax.scan(key_block, dq_t, jnp.arange(nb))
+    dq = jnp.moveaxis(dq_t, 3, -1) * scale
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from justrl_jax.model.attention import check_implementation, self_attention
+from justrl_jax.model.attention import REMAT_POLICY, check_implementation, self_attention
 from justrl_jax.model.kv_cache import KVCache
 from justrl_jax.model.rope import apply_rope, rope_tables
 
@@ -247,8 +247,8 @@ class Qwen2(nnx.Module):
         mask = segments > 0
         impl = check_implementation(self.attention)
         if cache is None and self.remat:
-            # Rematerialise each layer: keep only layer inputs for the backward pass.
-            forward = nnx.remat(_layer_forward(impl))
+            # Rematerialise each layer: keep only layer inputs (and the attention's output) for the backward.
+            forward = nnx.remat(_layer_forward(impl), policy=REMAT_POLICY)
             for layer in self.layers:
                 x = forward(layer, x, positions, segments)
         else:
