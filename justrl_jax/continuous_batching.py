@@ -13,8 +13,9 @@ and streams them through ``slots`` decode slots:
    row can always finish: no deadlock.
 3. **Decode** ``steps_per_call`` steps in one device call (a ``while_loop`` that also stops when every slot
    is done). Rows go in longest first, so the pure-JAX attention reads each row's pages up to (about) its
-   own length; one compile whatever the lengths. Rows that end return their pages and slot on the host,
-   then back to 1.
+   own length; one compile whatever the lengths. When few slots are live (the last rows of a run) only they go
+   in, padded to the smallest of ``slots``, ``slots/2``, ... ``slots/8`` that holds them (at most four
+   compiles). Rows that end return their pages and slot on the host, then back to 1.
 
 Randomness is the static sampler's: row ``r``'s step-``t`` uniform is ``fold_in(row_key[r], t)``, so a row's
 tokens do not depend on its slot, on its neighbours, or on being preempted and recomputed.
@@ -52,7 +53,7 @@ class BatchingStats:
     decode_calls: int = 0
     prefill_tokens: int = 0  # real prompt tokens prefilled (recomputations included)
     decode_tokens: int = 0  # tokens sampled by decode calls (the first token of a row comes from prefill)
-    decode_slot_steps: int = 0  # slots x steps the decode calls ran
+    decode_slot_steps: int = 0  # rows x steps the decode calls ran (a call runs on the bucket holding its live slots)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     peak_pages_in_use: int = 0
@@ -76,6 +77,15 @@ class BatchingStats:
 
 def _pow2_at_least(x: int) -> int:  # prefill row buckets
     return 1 << max(0, (x - 1).bit_length())
+
+
+def _decode_rows(live: int, slots: int, dp: int) -> int:
+    """Rows of a decode call with ``live`` live slots: ``slots`` halved while half still holds them, down to
+    ``slots / 8`` (at most four compiled sizes), a multiple of the data-parallel size."""
+    rows, floor = slots, max(slots // 8, dp, 1)
+    while rows // 2 >= max(live, floor) and (rows // 2) % dp == 0:
+        rows //= 2
+    return rows
 
 
 class ContinuousBatcher:
@@ -262,8 +272,11 @@ class ContinuousBatcher:
             stats.peak_pages_in_use = max(stats.peak_pages_in_use, alloc.in_use)
 
             # 3. One decode call. Slots are only host bookkeeping (the KV lives in the pool, the rest is uploaded
-            # per call), so the rows go in longest first: the attention's long-row loop then covers few rows.
-            order = np.argsort(-np.where(live, alloc.held, -1), kind="stable")
+            # per call), so the rows go in longest first (the attention's row groups then read about each row's
+            # own length), and only the first ``rows`` of them: when few slots are live (the tail of a call) the
+            # call runs on the smallest bucket that holds them, not on every slot.
+            rows_in = _decode_rows(int(live.sum()), slots, dp)
+            order = np.argsort(-np.where(live, alloc.held, -1), kind="stable")[:rows_in]
             start = time.perf_counter()
             cache, new_step, new_live, tok, lp = self.decode_fn(
                 params,
@@ -276,13 +289,15 @@ class ContinuousBatcher:
                 self._put(alloc.table[order]),
                 steps=chunk,
             )
-            back = np.argsort(order)
-            new_step, new_live, tok, lp = (x[back] for x in to_host((new_step, new_live, tok, lp)))
+            got = to_host((new_step, new_live, tok, lp))
+            new_step, new_live = step.copy(), np.zeros(slots, bool)
+            tok, lp = np.zeros((slots, chunk), np.int32), np.zeros((slots, chunk), np.float32)
+            new_step[order], new_live[order], tok[order], lp[order] = got
             stats.decode_seconds += time.perf_counter() - start
             emitted = new_step - step
             stats.decode_calls += 1
             stats.decode_tokens += int(emitted.sum())
-            stats.decode_slot_steps += slots * int(emitted.max())
+            stats.decode_slot_steps += rows_in * int(emitted.max())
             for slot in np.flatnonzero(live):
                 row, k, e = row_of[slot], int(step[slot]), int(emitted[slot])
                 out_tok[row, k : k + e] = tok[slot, :e]
