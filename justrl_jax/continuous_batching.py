@@ -182,14 +182,9 @@ class ContinuousBatcher:
         t_cap = cfg.max_new_tokens
         rows = ids.shape[0]
         plen = mask.sum(axis=1).astype(np.int32)
-        model = nnx.merge(self.graphdef, params)
-        c = model.config
         max_pages = pages_for(ids.shape[1] + t_cap - 1, page_size)  # the planner's row_pages
         alloc = PageAllocator(pages, slots, max_pages, page_size)
-        cache = PagedKVCache.zeros(c.num_layers, c.num_kv_heads, pages, page_size, c.head_dim, cache_dtype)
-        if self.mesh is not None:
-            spec = logical_spec(("kv_heads", None, None, "head_dim"), self.mesh, cache.k[0].shape)
-            cache = jax.device_put(cache, NamedSharding(self.mesh, spec))
+        cache = self._new_cache(params, pages, page_size, cache_dtype)
         stats = self.stats = BatchingStats(slots=slots, pages=pages, page_size=page_size)
         chunk = cfg.steps_per_call
 
@@ -308,6 +303,40 @@ class ContinuousBatcher:
             for slot in np.flatnonzero(live & ~new_live):
                 finish(int(slot))
         return out_tok, out_lp, length, eos_hit
+
+    def _new_cache(self, params, pages: int, page_size: int, cache_dtype) -> PagedKVCache:
+        c = nnx.merge(self.graphdef, params).config
+        cache = PagedKVCache.zeros(c.num_layers, c.num_kv_heads, pages, page_size, c.head_dim, cache_dtype)
+        if self.mesh is not None:
+            spec = logical_spec(("kv_heads", None, None, "head_dim"), self.mesh, cache.k[0].shape)
+            cache = jax.device_put(cache, NamedSharding(self.mesh, spec))
+        return cache
+
+    def warm_up(self, params, width: int, *, slots: int, pages: int, page_size: int, dp: int, cache_dtype) -> int:
+        """Compiles every program a :meth:`run` of this plan (prompts left-padded to ``width``) can call: each
+        prefill bucket (rows x prompt width) and each decode bucket, on idle rows that touch only the null page,
+        so that a timed run compiles nothing. Returns the number of programs called."""
+        cfg = self.config
+        max_pages = pages_for(width + cfg.max_new_tokens - 1, page_size)
+        cache = self._new_cache(params, pages, page_size, cache_dtype)
+        calls = 0
+        prefill_rows = sorted({min(max(_pow2_at_least(n), dp), slots) for n in range(1, slots + 1)})
+        for b in sorted({-(-b // dp) * dp for b in prefill_rows}):
+            for w in range(cfg.prompt_bucket, width + 1, cfg.prompt_bucket):
+                mask = np.zeros((b, w), bool)
+                mask[:, -1] = True
+                table = np.full((b, pages_for(w, page_size)), NULL_PAGE, np.int32)
+                put = (np.full((b, w), self.pad_id, np.int32), mask, np.zeros((b, 2), np.uint32), table)
+                cache, *_ = self.prefill_fn(params, cache, *map(self._put, put))
+                calls += 1
+        for rows in sorted({_decode_rows(live, slots, dp) for live in range(1, slots + 1)}):
+            zeros = np.zeros(rows, np.int32)
+            put = (zeros, zeros, zeros + 1, np.zeros((rows, 2), np.uint32), np.zeros(rows, bool))
+            table = np.full((rows, max_pages), NULL_PAGE, np.int32)
+            cache, *_ = self.decode_fn(params, cache, *map(self._put, put), self._put(table), steps=cfg.steps_per_call)
+            calls += 1
+        jax.block_until_ready(cache)
+        return calls
 
     def _prefill_rows(self, params, cache, admit, ids, plen, row_keys, alloc, dp):
         """Prefills the admitted (slot, row) pairs -> (cache, first tokens [n], first logprobs [n])."""

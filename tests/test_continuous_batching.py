@@ -129,3 +129,13 @@ def test_decode_calls_shrink_to_the_smallest_bucket_holding_the_live_slots():
     assert [_decode_rows(live, 128, 1) for live in (128, 65, 64, 33, 3)] == [128, 128, 64, 64, 16]
     assert [_decode_rows(live, 8, 2) for live in (8, 5, 3, 1)] == [8, 8, 4, 2]  # a multiple of the data axis
     assert _decode_rows(1, 12, 4) == 12  # 6 rows would not split over 4 data shards
+
+
+def test_warm_up_compiles_every_program_a_generate_call_then_uses(model, prompts):
+    config = SamplerConfig(max_new_tokens=NEW, prompt_bucket=4, max_concurrent_rows=4, page_size=4, steps_per_call=5)
+    sampler = Sampler(model, config, eos_ids=EOS, pad_id=0)
+    assert sampler.warm_up(model, *prompts, n=3) == 3 * 3 + 3  # prefill rows 1, 2, 4 x widths 4, 8, 12; decode 4, 2, 1
+    programs = [sampler.batcher.prefill_fn._cache_size(), sampler.batcher.decode_fn._cache_size()]
+    rollout = sampler.generate(model, *prompts, n=3, key=11)
+    assert sampler.stats.prefill_calls > 1 and rollout.lengths.min() < rollout.lengths.max()
+    assert [sampler.batcher.prefill_fn._cache_size(), sampler.batcher.decode_fn._cache_size()] == programs
