@@ -13,8 +13,9 @@ and streams them through ``slots`` decode slots:
    row can always finish: no deadlock.
 3. **Decode** ``steps_per_call`` steps in one device call (a ``while_loop`` that also stops when every slot
    is done). Rows go in longest first, so the pure-JAX attention reads each row's pages up to (about) its
-   own length; one compile whatever the lengths. Rows that end return their pages and slot on the host,
-   then back to 1.
+   own length; one compile whatever the lengths. When few slots are live (the last rows of a run) only they go
+   in, padded to the smallest of ``slots``, ``slots/2``, ... ``slots/8`` that holds them (at most four
+   compiles). Rows that end return their pages and slot on the host, then back to 1.
 
 Randomness is the static sampler's: row ``r``'s step-``t`` uniform is ``fold_in(row_key[r], t)``, so a row's
 tokens do not depend on its slot, on its neighbours, or on being preempted and recomputed.
@@ -53,7 +54,7 @@ class BatchingStats:
     decode_calls: int = 0
     prefill_tokens: int = 0  # real prompt tokens prefilled (recomputations included)
     decode_tokens: int = 0  # tokens sampled by decode calls (the first token of a row comes from prefill)
-    decode_slot_steps: int = 0  # slots x steps the decode calls ran
+    decode_slot_steps: int = 0  # rows x steps the decode calls ran (a call runs on the bucket holding its live slots)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     peak_pages_in_use: int = 0
@@ -77,6 +78,15 @@ class BatchingStats:
 
 def _pow2_at_least(x: int) -> int:  # prefill row buckets
     return 1 << max(0, (x - 1).bit_length())
+
+
+def _decode_rows(live: int, slots: int, dp: int) -> int:
+    """Rows of a decode call with ``live`` live slots: ``slots`` halved while half still holds them, down to
+    ``slots / 8`` (at most four compiled sizes), a multiple of the data-parallel size."""
+    rows, floor = slots, max(slots // 8, dp, 1)
+    while rows // 2 >= max(live, floor) and (rows // 2) % dp == 0:
+        rows //= 2
+    return rows
 
 
 class ContinuousBatcher:
@@ -191,14 +201,9 @@ class ContinuousBatcher:
         t_cap = cfg.max_new_tokens
         rows = ids.shape[0]
         plen = mask.sum(axis=1).astype(np.int32)
-        model = nnx.merge(self.graphdef, params)
-        c = model.config
         max_pages = pages_for(ids.shape[1] + t_cap - 1, page_size)  # the planner's row_pages
         alloc = PageAllocator(pages, slots, max_pages, page_size)
-        cache = PagedKVCache.zeros(c.num_layers, c.num_kv_heads, pages, page_size, c.head_dim, cache_dtype)
-        if self.mesh is not None:
-            spec = logical_spec(("kv_heads", None, None, "head_dim"), self.mesh, cache.k[0].shape)
-            cache = jax.device_put(cache, NamedSharding(self.mesh, spec))
+        cache = self._new_cache(params, pages, page_size, cache_dtype)
         stats = self.stats = BatchingStats(slots=slots, pages=pages, page_size=page_size)
         chunk = cfg.steps_per_call
 
@@ -284,8 +289,11 @@ class ContinuousBatcher:
             stats.peak_pages_in_use = max(stats.peak_pages_in_use, alloc.in_use)
 
             # 3. One decode call. Slots are only host bookkeeping (the KV lives in the pool, the rest is uploaded
-            # per call), so the rows go in longest first: the attention's long-row loop then covers few rows.
-            order = np.argsort(-np.where(live, alloc.held, -1), kind="stable")
+            # per call), so the rows go in longest first (the attention's row groups then read about each row's
+            # own length), and only the first ``rows`` of them: when few slots are live (the tail of a call) the
+            # call runs on the smallest bucket that holds them, not on every slot.
+            rows_in = _decode_rows(int(live.sum()), slots, dp)
+            order = np.argsort(-np.where(live, alloc.held, -1), kind="stable")[:rows_in]
             start = time.perf_counter()
             cache, new_step, new_live, tok, lp = self.decode_fn(
                 params,
@@ -298,13 +306,15 @@ class ContinuousBatcher:
                 self._put(alloc.table[order]),
                 steps=chunk,
             )
-            back = np.argsort(order)
-            new_step, new_live, tok, lp = (x[back] for x in to_host((new_step, new_live, tok, lp)))
+            got = to_host((new_step, new_live, tok, lp))
+            new_step, new_live = step.copy(), np.zeros(slots, bool)
+            tok, lp = np.zeros((slots, chunk), np.int32), np.zeros((slots, chunk), np.float32)
+            new_step[order], new_live[order], tok[order], lp[order] = got
             stats.decode_seconds += time.perf_counter() - start
             emitted = new_step - step
             stats.decode_calls += 1
             stats.decode_tokens += int(emitted.sum())
-            stats.decode_slot_steps += slots * int(emitted.max())
+            stats.decode_slot_steps += rows_in * int(emitted.max())
             for slot in np.flatnonzero(live):
                 row, k, e = row_of[slot], int(step[slot]), int(emitted[slot])
                 out_tok[row, k : k + e] = tok[slot, :e]
@@ -317,6 +327,40 @@ class ContinuousBatcher:
             for slot in ended:
                 finish(int(slot))
         return out_tok, out_lp, length, eos_hit
+
+    def _new_cache(self, params, pages: int, page_size: int, cache_dtype) -> PagedKVCache:
+        c = nnx.merge(self.graphdef, params).config
+        cache = PagedKVCache.zeros(c.num_layers, c.num_kv_heads, pages, page_size, c.head_dim, cache_dtype)
+        if self.mesh is not None:
+            spec = logical_spec(("kv_heads", None, None, "head_dim"), self.mesh, cache.k[0].shape)
+            cache = jax.device_put(cache, NamedSharding(self.mesh, spec))
+        return cache
+
+    def warm_up(self, params, width: int, *, slots: int, pages: int, page_size: int, dp: int, cache_dtype) -> int:
+        """Compiles every program a :meth:`run` of this plan (prompts left-padded to ``width``) can call: each
+        prefill bucket (rows x prompt width) and each decode bucket, on idle rows that touch only the null page,
+        so that a timed run compiles nothing. Returns the number of programs called."""
+        cfg = self.config
+        max_pages = pages_for(width + cfg.max_new_tokens - 1, page_size)
+        cache = self._new_cache(params, pages, page_size, cache_dtype)
+        calls = 0
+        prefill_rows = sorted({min(max(_pow2_at_least(n), dp), slots) for n in range(1, slots + 1)})
+        for b in sorted({-(-b // dp) * dp for b in prefill_rows}):
+            for w in range(cfg.prompt_bucket, width + 1, cfg.prompt_bucket):
+                mask = np.zeros((b, w), bool)
+                mask[:, -1] = True
+                table = np.full((b, pages_for(w, page_size)), NULL_PAGE, np.int32)
+                put = (np.full((b, w), self.pad_id, np.int32), mask, np.zeros((b, 2), np.uint32), table)
+                cache, *_ = self.prefill_fn(params, cache, *map(self._put, put))
+                calls += 1
+        for rows in sorted({_decode_rows(live, slots, dp) for live in range(1, slots + 1)}):
+            zeros = np.zeros(rows, np.int32)
+            put = (zeros, zeros, zeros + 1, np.zeros((rows, 2), np.uint32), np.zeros(rows, bool))
+            table = np.full((rows, max_pages), NULL_PAGE, np.int32)
+            cache, *_ = self.decode_fn(params, cache, *map(self._put, put), self._put(table), steps=cfg.steps_per_call)
+            calls += 1
+        jax.block_until_ready(cache)
+        return calls
 
     def _prefill_rows(self, params, cache, admit, ids, plen, row_keys, alloc, dp):
         """Prefills the admitted (slot, row) pairs -> (cache, first tokens [n], first logprobs [n])."""

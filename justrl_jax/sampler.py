@@ -473,6 +473,33 @@ class Sampler:
             sampled = jnp.concatenate(wave_logprobs) if len(wave_logprobs) > 1 else wave_logprobs[0]
         return self._rollout(out, prompt_ids, prompt_mask, n, sampled)
 
+    def warm_up(self, params: nnx.State | Qwen2, prompt_ids: np.ndarray, prompt_mask: np.ndarray, *, n: int = 1) -> int:
+        """(continuous) Compiles every program ``generate`` on these prompts can call, without sampling, so that
+        a timed call compiles nothing (benchmarks; an RL loop compiles once anyway). Returns the programs run."""
+        if isinstance(params, nnx.Module):
+            params = nnx.state(params, nnx.Param)
+        if self.config.scheduler != "continuous":
+            raise ValueError("Sampler.warm_up is for sampler.scheduler='continuous'")
+        model_cfg, compute_dtype = self._model_info(params)
+        ids, mask = _check_prompts(prompt_ids, prompt_mask, model_cfg.vocab_size)
+        width = _round_up(int(mask.sum(axis=1).max()), self.config.prompt_bucket)
+        dp = data_parallel_size(self.mesh) if self.mesh is not None else 1
+        tensor = axis_size(self.mesh, "kv_heads")
+        cache_dtype = jnp.dtype(self.config.cache_dtype or compute_dtype)
+        rows = ids.shape[0] * n
+        pages = plan_pages(
+            model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=cache_dtype.itemsize
+        )
+        return self.batcher.warm_up(
+            reshard_params(params, self.mesh),
+            width,
+            slots=pages.slots,
+            pages=pages.pages,
+            page_size=pages.page_size,
+            dp=dp,
+            cache_dtype=cache_dtype,
+        )
+
     def _rollout(
         self, out: dict[str, np.ndarray], prompt_ids, prompt_mask, n: int, logprobs: jax.Array | None
     ) -> Rollout:

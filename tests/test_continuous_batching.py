@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from justrl_jax.continuous_batching import plan_pages
+from justrl_jax.continuous_batching import _decode_rows, plan_pages
 from justrl_jax.kv_budget import kv_cache_budget_bytes
 from justrl_jax.model.paged_kv_cache import NULL_PAGE, PagedKVCache
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
@@ -123,3 +123,19 @@ def test_a_zero_budget_plans_from_the_devices_free_memory():
     assert kv_cache_budget_bytes(0, _Device()) == int(80 * 2**30 * 0.8)
     with pytest.raises(ValueError, match="kv_cache_budget_gb"):
         kv_cache_budget_bytes(-1)
+
+
+def test_decode_calls_shrink_to_the_smallest_bucket_holding_the_live_slots():
+    assert [_decode_rows(live, 128, 1) for live in (128, 65, 64, 33, 3)] == [128, 128, 64, 64, 16]
+    assert [_decode_rows(live, 8, 2) for live in (8, 5, 3, 1)] == [8, 8, 4, 2]  # a multiple of the data axis
+    assert _decode_rows(1, 12, 4) == 12  # 6 rows would not split over 4 data shards
+
+
+def test_warm_up_compiles_every_program_a_generate_call_then_uses(model, prompts):
+    config = SamplerConfig(max_new_tokens=NEW, prompt_bucket=4, max_concurrent_rows=4, page_size=4, steps_per_call=5)
+    sampler = Sampler(model, config, eos_ids=EOS, pad_id=0)
+    assert sampler.warm_up(model, *prompts, n=3) == 3 * 3 + 3  # prefill rows 1, 2, 4 x widths 4, 8, 12; decode 4, 2, 1
+    programs = [sampler.batcher.prefill_fn._cache_size(), sampler.batcher.decode_fn._cache_size()]
+    rollout = sampler.generate(model, *prompts, n=3, key=11)
+    assert sampler.stats.prefill_calls > 1 and rollout.lengths.min() < rollout.lengths.max()
+    assert [sampler.batcher.prefill_fn._cache_size(), sampler.batcher.decode_fn._cache_size()] == programs

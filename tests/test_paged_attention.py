@@ -38,13 +38,13 @@ def test_pure_jax_path_equals_dense_attention_over_each_rows_tokens():
     np.testing.assert_array_equal(again, out)
 
 
-@pytest.mark.parametrize("long_rows", [1, 2])
-def test_the_long_row_split_changes_nothing_whatever_the_row_order(long_rows):
+@pytest.mark.parametrize("row_group", [1, 2])
+def test_row_groups_change_nothing_whatever_the_row_order(row_group):
     q, k_pages, v_pages, lengths, table = _inputs()
     want = paged_decode_attention(q, k_pages, v_pages, lengths, table, kernel="jax")
     for order in map(np.array, ([2, 1, 0], [0, 1, 2], [1, 0, 2])):  # longest first (the scheduler's order), and not
         got = paged_decode_attention(
-            q[order], k_pages, v_pages, lengths[order], table[order], kernel="jax", long_rows=long_rows
+            q[order], k_pages, v_pages, lengths[order], table[order], kernel="jax", row_group=row_group
         )
         np.testing.assert_allclose(got, want[order], atol=1e-6)
 

@@ -45,10 +45,10 @@ def write_prompts(cache: PagedKVCache, dense: KVCache, prompt_len, page_table) -
 
 
 def decode_step(
-    model: Qwen2, tokens, positions, cache: PagedKVCache, page_table, *, kernel: str = "jax", long_rows: int = 0
+    model: Qwen2, tokens, positions, cache: PagedKVCache, page_table, *, kernel: str = "jax", row_group: int = 16
 ):
     """tokens, positions [B] int32; page_table [B, nb] -> (final-norm hidden [B, 1, D], cache).
-    ``long_rows``: see :func:`paged_decode_attention`."""
+    ``row_group``: see :func:`paged_decode_attention`."""
     ps = cache.page_size
     page = jnp.take_along_axis(page_table, (positions // ps)[:, None], axis=1)[:, 0]  # [B]
     offset = positions % ps
@@ -65,7 +65,7 @@ def decode_step(
         cache = cache.replace(
             k=cache.k[:i] + (k_pages,) + cache.k[i + 1 :], v=cache.v[:i] + (v_pages,) + cache.v[i + 1 :]
         )
-        out = paged_decode_attention(q, k_pages, v_pages, positions + 1, page_table, kernel=kernel, long_rows=long_rows)
+        out = paged_decode_attention(q, k_pages, v_pages, positions + 1, page_table, kernel=kernel, row_group=row_group)
         x = x + jnp.einsum("BNH,NHD->BD", out, attn.o_kernel[...].astype(out.dtype))[:, None]
         x = x + layer.mlp(layer.post_attn_norm(x))
     return model.final_norm(x), cache
