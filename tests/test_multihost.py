@@ -1,4 +1,5 @@
-"""Multi-host runs on loopback: 2 processes x 8 CPU devices form a 4x4 mesh, as a TPU slice would.
+"""Multi-host runs on loopback: 2 processes x 2 CPU devices form a 2x2 mesh (data and tensor axes both
+split, the data axis across the processes), as a TPU slice would.
 
 Each test launches real `python -m justrl_jax.train` processes with jax.distributed on 127.0.0.1.
 """
@@ -44,7 +45,7 @@ def _train_cmd(run_dir, *extra):
         "--run-dir",
         str(run_dir),
         "--mesh",
-        "4x4",
+        "2x2",  # both axes split, across the two processes: the 4x4 paths at a quarter of the devices
         "--set",
         f"loop.total_steps={STEPS}",
         "--set",
@@ -60,7 +61,7 @@ def _launch_pair(run_dir, *extra):
             _train_cmd(
                 run_dir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i), *extra
             ),
-            env=_env(8),
+            env=_env(2),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -86,7 +87,7 @@ def test_two_processes_match_one_process(tmp_path):
     # the demo's warm start is itself a (device-count dependent) XLA computation, and two builds of it
     # can differ in the last bits, which 2 Adam steps then amplify past any meaningful tolerance.
     shutil.copytree(multi / "demo_assets", single / "demo_assets")
-    ref = subprocess.run(_train_cmd(single), env=_env(16), capture_output=True, text=True, timeout=600)
+    ref = subprocess.run(_train_cmd(single), env=_env(4), capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stdout + ref.stderr
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out
