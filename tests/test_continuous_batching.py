@@ -3,39 +3,24 @@ page budget or the preemptions; the page allocator; the slot/page plan; the devi
 
 import numpy as np
 import pytest
-from flax import nnx
+from paged_setup import CFG, EOS, NEW, PAGE_BYTES, ragged_prompts, tiny_model
 
 from justrl_jax.continuous_batching import _decode_rows, plan_pages
 from justrl_jax.kv_budget import kv_cache_budget_bytes
-from justrl_jax.model.paged_kv_cache import NULL_PAGE, PagedKVCache
-from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
+from justrl_jax.model.paged_kv_cache import NULL_PAGE
 from justrl_jax.page_allocator import PageAllocator
 from justrl_jax.sampler import Sampler, SamplerConfig
 from justrl_jax.sampling import Temperature, TopP
 
-CFG = Qwen2Config(
-    vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16
-)
-NEW = 24
-EOS = (3, 5, 9)  # ~1 in 40 per step: rows end anywhere from the first token to the cap
-PAGE_BYTES = PagedKVCache.page_bytes(CFG.num_layers, CFG.num_kv_heads, 4, CFG.head_dim, 4)
-
 
 @pytest.fixture(scope="module")
 def model():
-    return Qwen2(CFG, rngs=nnx.Rngs(4))
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
 def prompts():
-    lengths = [3, 11, 7, 1, 9, 5]
-    rng = np.random.default_rng(0)
-    ids = np.zeros((len(lengths), 12), np.int32)
-    mask = np.zeros((len(lengths), 12), bool)
-    for i, n in enumerate(lengths):
-        ids[i, 12 - n :] = rng.integers(1, CFG.vocab_size, n)
-        mask[i, 12 - n :] = True
-    return ids, mask
+    return ragged_prompts()
 
 
 def _run(model, prompts, strategy=None, **kwargs):

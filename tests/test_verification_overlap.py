@@ -4,10 +4,8 @@ while other rows still decode, and reports a verifier failure naming the row ins
 
 import numpy as np
 import pytest
-from flax import nnx
+from paged_setup import EOS, NEW, PAGE_BYTES, ragged_prompts, tiny_model
 
-from justrl_jax.model.paged_kv_cache import PagedKVCache
-from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.model.tiny_tokenizer import ChatStyle, make_tiny_tokenizer
 from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig
 from justrl_jax.sampling import Temperature
@@ -15,30 +13,17 @@ from justrl_jax.verdict_stream import VerdictStream
 from justrl_jax.verifier import Verifier, VerifierConfig, VerifierMode
 from justrl_jax.verifier.pool import PoolError
 
-CFG = Qwen2Config(
-    vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16
-)
-NEW = 24
-EOS = (3, 5, 9)  # ~1 in 40 per step: rows end anywhere from the first token to the cap
-PAGE_BYTES = PagedKVCache.page_bytes(CFG.num_layers, CFG.num_kv_heads, 4, CFG.head_dim, 4)
 ROW_PAGES = -(-(12 + NEW - 1) // 4)  # prompt bucket 12 + 23 cached new tokens, pages of 4
 
 
 @pytest.fixture(scope="module")
 def model():
-    return Qwen2(CFG, rngs=nnx.Rngs(4))
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
 def prompts():
-    lengths = [3, 11, 7, 1, 9, 5]
-    rng = np.random.default_rng(0)
-    ids = np.zeros((len(lengths), 12), np.int32)
-    mask = np.zeros((len(lengths), 12), bool)
-    for i, n in enumerate(lengths):
-        ids[i, 12 - n :] = rng.integers(1, CFG.vocab_size, n)
-        mask[i, 12 - n :] = True
-    return ids, mask
+    return ragged_prompts()
 
 
 def _sampler(model, **kwargs):
