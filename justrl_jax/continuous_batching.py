@@ -1,21 +1,23 @@
 """Continuous batching: a fixed set of decode slots over a paged KV cache, refilled as rows end.
 
 :meth:`ContinuousBatcher.run` takes every row of a generate call (prompts x n, each with its own row key)
-and streams them through ``slots`` decode slots:
+and streams them through ``slots`` decode slots. On a mesh the slots and the page pool are split over the
+data-parallel axis: each data shard owns ``slots / dp`` slots and its own pool of ``pages`` pages, which only
+its devices hold (:mod:`justrl_jax.page_pool`); everything below is per shard.
 
-1. **Admit.** Free slots take the next pending rows (lowest row id first) while the page pool holds
-   their prompts plus one call's worth of tokens. Their prompts are prefilled together: left-padded to
-   a multiple of ``prompt_bucket`` and the admitted count rounded up to a power of two, so there is one
-   compile per (rows, width) bucket. Prefill samples each row's first token.
+1. **Admit.** Free slots take the next pending rows (lowest row id first), each in the shard with the fewest
+   rows among those whose pool holds its prompt plus one call's worth of tokens. Their prompts are prefilled
+   together: left-padded to a multiple of ``prompt_bucket`` and the admitted count per shard rounded up to a
+   power of two, so there is one compile per (rows, width) bucket. Prefill samples each row's first token.
 2. **Reserve.** Every live slot gets the pages it can fill in the next call (``steps_per_call`` tokens).
-   When the pool is short the newest live row is preempted: its pages go back, it is re-queued and later
-   recomputed from its prompt (vLLM's recompute policy). The pool always holds one full row, so the oldest
-   row can always finish: no deadlock.
+   When its shard's pool is short, that shard's newest live row is preempted: its pages go back, it is
+   re-queued and later recomputed from its prompt (vLLM's recompute policy). Each shard's pool always holds
+   one full row, so its oldest row can always finish: no deadlock.
 3. **Decode** ``steps_per_call`` steps in one device call (a ``while_loop`` that also stops when every slot
-   is done). Rows go in longest first, so the pure-JAX attention reads each row's pages up to (about) its
-   own length; one compile whatever the lengths. When few slots are live (the last rows of a run) only they go
-   in, padded to the smallest of ``slots``, ``slots/2``, ... ``slots/8`` that holds them (at most four
-   compiles). Rows that end return their pages and slot on the host, then back to 1.
+   is done). Each shard's rows go longest first, so the pure-JAX attention reads each row's pages up to (about)
+   its own length; one compile whatever the lengths. When few slots are live (the last rows of a run) only they
+   go in, padded to the smallest of ``slots``, ``slots/2``, ... ``slots/8`` that holds the fullest shard's (at
+   most four compiles). Rows that end return their pages and slot on the host, then back to 1.
 
 Randomness is the static sampler's: row ``r``'s step-``t`` uniform is ``fold_in(row_key[r], t)``, so a row's
 tokens do not depend on its slot, on its neighbours, or on being preempted and recomputed.
@@ -35,10 +37,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from justrl_jax.global_arrays import to_global, to_host
-from justrl_jax.model.paged_decode import decode_step, write_prompts
+from justrl_jax.model.paged_decode import decode_step
 from justrl_jax.model.paged_kv_cache import NULL_PAGE, PagedKVCache, pages_for
 from justrl_jax.model.qwen2 import Qwen2, positions_from_mask
 from justrl_jax.page_allocator import PageAllocator
+from justrl_jax.page_pool import POOL_AXES, new_pool, per_shard, write_prompts_per_shard
 from justrl_jax.sharding import logical_spec
 
 
@@ -47,8 +50,9 @@ class BatchingStats:
     """What one :meth:`ContinuousBatcher.run` did (host-side figures)."""
 
     slots: int = 0
-    pages: int = 0  # page pool size, reserved page included
+    pages: int = 0  # pages of one data shard's pool (what one device holds), its reserved page included
     page_size: int = 0
+    shards: int = 1  # data shards, each with its own slots and pool
     preemptions: int = 0
     prefill_calls: int = 0
     decode_calls: int = 0
@@ -57,7 +61,7 @@ class BatchingStats:
     decode_slot_steps: int = 0  # rows x steps the decode calls ran (a call runs on the bucket holding its live slots)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
-    peak_pages_in_use: int = 0
+    peak_pages_in_use: int = 0  # of the fullest shard
 
     @property
     def slot_occupancy(self) -> float:
@@ -110,10 +114,9 @@ class ContinuousBatcher:
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, logical_spec(axes, self.mesh, x.shape)))
 
     def _shard_cache(self, cache: PagedKVCache) -> PagedKVCache:
-        # Pages are shared by every slot, so they are replicated over the data axis; KV heads split over tensor.
-        axes = ("kv_heads", None, None, "head_dim")
+        # Each data shard holds its own slots' pages (split over the data axis); KV heads split over tensor.
         return cache.replace(
-            k=tuple(self._shard(x, *axes) for x in cache.k), v=tuple(self._shard(x, *axes) for x in cache.v)
+            k=tuple(self._shard(x, *POOL_AXES) for x in cache.k), v=tuple(self._shard(x, *POOL_AXES) for x in cache.v)
         )
 
     def _sample(self, logits, keys, step):
@@ -131,7 +134,7 @@ class ContinuousBatcher:
         hidden, dense = model(ids, positions_from_mask(mask), mask, dense)
         logits = model.logits(hidden[:, -1:])[:, 0]  # left padding: the last column is every row's last token
         tokens, logprobs = self._sample(logits, keys, jnp.zeros((b,), jnp.int32))
-        cache = write_prompts(cache, dense, jnp.sum(mask, axis=1, dtype=jnp.int32), table)
+        cache = write_prompts_per_shard(self.mesh, cache, dense, jnp.sum(mask, axis=1, dtype=jnp.int32), table)
         return self._shard_cache(cache), tokens, logprobs
 
     def _decode(self, params, cache: PagedKVCache, last, step, prompt_len, keys, live, table, *, steps: int):
@@ -149,7 +152,15 @@ class ContinuousBatcher:
         def body(carry):
             j, cache, last, step, live, out_tok, out_lp = carry
             positions = jnp.where(live, prompt_len + step - 1, 0)
-            hidden, cache = decode_step(model, last, positions, cache, table, kernel=self.config.attention_kernel)
+            hidden, cache = decode_step(
+                model,
+                last,
+                positions,
+                cache,
+                table,
+                kernel=self.config.attention_kernel,
+                per_shard=per_shard(self.mesh),
+            )
             tok, lp = self._sample(model.logits(hidden)[:, 0], keys, step)
             hit = live & jnp.isin(tok, eos) if self.eos_ids else jnp.zeros_like(live)
             out_tok = out_tok.at[:, j].set(jnp.where(live, tok, self.pad_id))
@@ -202,9 +213,9 @@ class ContinuousBatcher:
         rows = ids.shape[0]
         plen = mask.sum(axis=1).astype(np.int32)
         max_pages = pages_for(ids.shape[1] + t_cap - 1, page_size)  # the planner's row_pages
-        alloc = PageAllocator(pages, slots, max_pages, page_size)
-        cache = self._new_cache(params, pages, page_size, cache_dtype)
-        stats = self.stats = BatchingStats(slots=slots, pages=pages, page_size=page_size)
+        alloc = PageAllocator(pages, slots, max_pages, page_size, shards=dp)
+        cache = self._new_cache(params, pages, page_size, cache_dtype, dp)
+        stats = self.stats = BatchingStats(slots=slots, pages=pages, page_size=page_size, shards=dp)
         chunk = cfg.steps_per_call
 
         out_tok = np.full((rows, t_cap), self.pad_id, np.int32)
@@ -245,18 +256,25 @@ class ContinuousBatcher:
             heapq.heappush(pending, int(row))
             stats.preemptions += 1
 
+        shard_slots = np.arange(slots).reshape(dp, slots // dp)  # shard d's slots
         while pending or live.any():
-            # 1. Admit pending rows into free slots while the pool holds their prompt and one call.
+            # 1. Admit pending rows (lowest id first) into free slots, each to the shard with the fewest rows among
+            # those whose pool holds its prompt and one call. A shard with no row holds a full one: no deadlock.
             admit: list[tuple[int, int]] = []
-            for slot in np.flatnonzero(row_of < 0):
-                if not pending:
-                    break
+            while pending:
                 row = pending[0]
-                reach = int(plen[row]) + min(chunk, t_cap - 1)
-                if pages_for(reach, page_size) > len(alloc.free) and (live.any() or admit):
+                need = pages_for(int(plen[row]) + min(chunk, t_cap - 1), page_size)
+                room = [
+                    (int((row_of[own] >= 0).sum()), -alloc.free_pages(d), d)
+                    for d, own in enumerate(shard_slots)
+                    if (row_of[own] < 0).any() and alloc.free_pages(d) >= need
+                ]
+                if not room:
                     break
+                shard = min(room)[2]
+                slot = int(shard_slots[shard][np.argmax(row_of[shard_slots[shard]] < 0)])  # its lowest free slot
                 heapq.heappop(pending)
-                alloc.ensure(int(slot), int(plen[row]))
+                alloc.ensure(slot, int(plen[row]))
                 row_of[slot], admitted_at[slot] = row, counter
                 counter += 1
                 admit.append((int(slot), row))
@@ -274,26 +292,31 @@ class ContinuousBatcher:
             if not live.any():
                 continue
 
-            # 2. Pages for the next call, oldest row first; preempt the newest when short.
+            # 2. Pages for the next call, oldest row first; a shard short of pages preempts its own newest row.
             for slot in sorted(np.flatnonzero(live), key=lambda s: admitted_at[s]):
                 if not live[slot]:
                     continue
                 need = min(int(slot_plen[slot] + step[slot]) - 1 + chunk, int(slot_plen[slot]) + t_cap - 1)
+                own = shard_slots[alloc.shard_of(slot)]
                 while not alloc.ensure(int(slot), need):
-                    victim = max(np.flatnonzero(live), key=lambda s: admitted_at[s])
+                    victim = max(own[live[own]], key=lambda s: admitted_at[s])
                     preempt(int(victim))
                     if victim == slot:
                         break
             if not live.any():
                 continue
-            stats.peak_pages_in_use = max(stats.peak_pages_in_use, alloc.in_use)
+            stats.peak_pages_in_use = max(stats.peak_pages_in_use, *(alloc.in_use_of(d) for d in range(dp)))
 
             # 3. One decode call. Slots are only host bookkeeping (the KV lives in the pool, the rest is uploaded
-            # per call), so the rows go in longest first (the attention's row groups then read about each row's
-            # own length), and only the first ``rows`` of them: when few slots are live (the tail of a call) the
-            # call runs on the smallest bucket that holds them, not on every slot.
-            rows_in = _decode_rows(int(live.sum()), slots, dp)
-            order = np.argsort(-np.where(live, alloc.held, -1), kind="stable")[:rows_in]
+            # per call), so each shard's rows go in longest first (the attention's row groups then read about each
+            # row's own length), in that shard's block of the call's rows, and only the first ``rows / dp`` of them:
+            # when few slots are live (the tail of a call) the call runs on the smallest bucket that holds the
+            # fullest shard's live slots, not on every slot.
+            rows_in = _decode_rows(dp * max(int(live[own].sum()) for own in shard_slots), slots, dp)
+            longest_first = (
+                own[np.argsort(-np.where(live[own], alloc.held[own], -1), kind="stable")] for own in shard_slots
+            )
+            order = np.concatenate([own[: rows_in // dp] for own in longest_first])
             start = time.perf_counter()
             cache, new_step, new_live, tok, lp = self.decode_fn(
                 params,
@@ -328,13 +351,10 @@ class ContinuousBatcher:
                 finish(int(slot))
         return out_tok, out_lp, length, eos_hit
 
-    def _new_cache(self, params, pages: int, page_size: int, cache_dtype) -> PagedKVCache:
+    def _new_cache(self, params, pages: int, page_size: int, cache_dtype, dp: int) -> PagedKVCache:
+        """``pages`` per data shard: ``dp * pages`` in all, each shard's block on its own devices."""
         c = nnx.merge(self.graphdef, params).config
-        cache = PagedKVCache.zeros(c.num_layers, c.num_kv_heads, pages, page_size, c.head_dim, cache_dtype)
-        if self.mesh is not None:
-            spec = logical_spec(("kv_heads", None, None, "head_dim"), self.mesh, cache.k[0].shape)
-            cache = jax.device_put(cache, NamedSharding(self.mesh, spec))
-        return cache
+        return new_pool(self.mesh, c.num_layers, c.num_kv_heads, dp * pages, page_size, c.head_dim, cache_dtype)
 
     def warm_up(self, params, width: int, *, slots: int, pages: int, page_size: int, dp: int, cache_dtype) -> int:
         """Compiles every program a :meth:`run` of this plan (prompts left-padded to ``width``) can call: each
@@ -342,10 +362,10 @@ class ContinuousBatcher:
         so that a timed run compiles nothing. Returns the number of programs called."""
         cfg = self.config
         max_pages = pages_for(width + cfg.max_new_tokens - 1, page_size)
-        cache = self._new_cache(params, pages, page_size, cache_dtype)
+        cache = self._new_cache(params, pages, page_size, cache_dtype, dp)
         calls = 0
-        prefill_rows = sorted({min(max(_pow2_at_least(n), dp), slots) for n in range(1, slots + 1)})
-        for b in sorted({-(-b // dp) * dp for b in prefill_rows}):
+        per_shard = slots // dp
+        for b in sorted({dp * min(_pow2_at_least(n), per_shard) for n in range(1, per_shard + 1)}):
             for w in range(cfg.prompt_bucket, width + 1, cfg.prompt_bucket):
                 mask = np.zeros((b, w), bool)
                 mask[:, -1] = True
@@ -353,7 +373,7 @@ class ContinuousBatcher:
                 put = (np.full((b, w), self.pad_id, np.int32), mask, np.zeros((b, 2), np.uint32), table)
                 cache, *_ = self.prefill_fn(params, cache, *map(self._put, put))
                 calls += 1
-        for rows in sorted({_decode_rows(live, slots, dp) for live in range(1, slots + 1)}):
+        for rows in sorted({_decode_rows(dp * live, slots, dp) for live in range(1, per_shard + 1)}):
             zeros = np.zeros(rows, np.int32)
             put = (zeros, zeros, zeros + 1, np.zeros((rows, 2), np.uint32), np.zeros(rows, bool))
             table = np.full((rows, max_pages), NULL_PAGE, np.int32)
@@ -363,20 +383,24 @@ class ContinuousBatcher:
         return calls
 
     def _prefill_rows(self, params, cache, admit, ids, plen, row_keys, alloc, dp):
-        """Prefills the admitted (slot, row) pairs -> (cache, first tokens [n], first logprobs [n])."""
+        """Prefills the admitted (slot, row) pairs -> (cache, first tokens [n], first logprobs [n]). Each shard's
+        rows go in its own block of the call's rows (its pages are its own), padded to the fullest shard's count."""
         cfg = self.config
         page_size = alloc.page_size
-        n = len(admit)
-        b = min(max(_pow2_at_least(n), dp), alloc.table.shape[0])
-        b = -(-b // dp) * dp
+        shard = [alloc.shard_of(slot) for slot, _ in admit]
+        b_shard = min(_pow2_at_least(int(np.bincount(shard, minlength=dp).max())), alloc.slots_per_shard)
+        b = dp * b_shard
+        at = np.zeros(len(admit), np.int64)  # each admitted row's index in the call
+        for j, d in enumerate(shard):
+            at[j] = d * b_shard + shard[:j].count(d)
         width = -(-int(max(plen[row] for _, row in admit)) // cfg.prompt_bucket) * cfg.prompt_bucket
         g_ids = np.full((b, width), self.pad_id, np.int32)
         g_mask = np.zeros((b, width), bool)
-        g_mask[n:, -1] = True  # filler rows: one token, written to the null page
+        g_mask[:, -1] = True  # filler rows: one token, written to the null page
         g_keys = np.zeros((b, 2), np.uint32)
         nb = pages_for(width, page_size)
         g_table = np.full((b, nb), NULL_PAGE, np.int32)
-        for j, (slot, row) in enumerate(admit):
+        for j, (slot, row) in zip(at, admit, strict=True):
             p = int(plen[row])
             g_ids[j, width - p :] = ids[row, ids.shape[1] - p :]
             g_mask[j, width - p :] = True
@@ -386,7 +410,7 @@ class ContinuousBatcher:
         cache, tok, lp = self.prefill_fn(
             params, cache, self._put(g_ids), self._put(g_mask), self._put(g_keys), self._put(g_table)
         )
-        tok, lp = (x[:n] for x in to_host((tok, lp)))  # every process holds every row
+        tok, lp = (x[at] for x in to_host((tok, lp)))  # every process holds every row
         self.stats.prefill_seconds += time.perf_counter() - start
         self.stats.prefill_calls += 1
         return cache, tok, lp
@@ -396,8 +420,8 @@ class ContinuousBatcher:
 class PagePlan:
     """The slots and page pool of one generate call, decided before anything is allocated."""
 
-    slots: int  # decode slots, a multiple of the data-parallel size
-    pages: int  # pool size, the reserved null page included
+    slots: int  # decode slots over every data shard, a multiple of the data-parallel size
+    pages: int  # pool size of one data shard (what each device holds), its reserved null page included
     page_size: int
     row_pages: int  # pages one row needs at its longest (prompt + max_new_tokens - 1 cached tokens)
     bytes_per_device: int
@@ -413,10 +437,11 @@ def plan_pages(
     tensor: int = 1,
     itemsize: int = 4,
 ) -> PagePlan:
-    """Slots and pages for ``rows`` rows of prompts up to ``max_prompt_len`` tokens. With a budget, the pool
-    is what fits it and the slots default to the rows it holds at full length (more slots, via
-    ``max_concurrent_rows``, may preempt); without one, every slot can hold a full row. Raises ValueError
-    when the budget cannot hold one row."""
+    """Slots and pages for ``rows`` rows of prompts up to ``max_prompt_len`` tokens. Each of the
+    ``data_parallel`` shards has its own pool and its own slots (``slots / data_parallel``), and a device holds
+    only its shard's pool. With a budget (bytes per device), a shard's pool is what fits it and the slots default
+    to the rows the pools hold at full length (more slots, via ``max_concurrent_rows``, may preempt); without
+    one, every slot can hold a full row. Raises ValueError when the budget cannot hold one row."""
     kv_heads = model.num_kv_heads // tensor if model.num_kv_heads % tensor == 0 else model.num_kv_heads
     ps = config.page_size
     page_bytes = PagedKVCache.page_bytes(model.num_layers, kv_heads, ps, model.head_dim, itemsize)
@@ -432,11 +457,11 @@ def plan_pages(
                 f"{page_bytes} bytes. Lower max_new_tokens or the prompt length, use a smaller cache_dtype, shard "
                 f"KV heads over more tensor devices, or raise the budget"
             )
-        slots = wanted or max(1, (pages - 1) // row_pages)
+        slots = wanted or data_parallel * max(1, (pages - 1) // row_pages)
     else:
         slots = wanted or rows
     slots = min(slots, -(-rows // data_parallel) * data_parallel)
     slots = -(-slots // data_parallel) * data_parallel
     if budget is None:
-        pages = slots * row_pages + 1
+        pages = slots // data_parallel * row_pages + 1
     return PagePlan(slots=slots, pages=pages, page_size=ps, row_pages=row_pages, bytes_per_device=pages * page_bytes)

@@ -34,6 +34,7 @@ LOGICAL_RULES: dict[str, str | None] = {
     "vocab": "tensor",
     "heads": "tensor",
     "kv_heads": "tensor",
+    "kv_pages": "fsdp",  # the paged KV pool: each data shard holds the pages of its own decode slots
     "mlp": "tensor",
     "head_dim": None,
     "seq": None,

@@ -70,7 +70,7 @@ def test_page_allocator_hands_out_each_page_once_and_takes_them_back():
     assert alloc.ensure(0, 9) and alloc.held[0] == 3  # 9 tokens: 3 pages
     assert alloc.ensure(1, 16) and alloc.held[1] == 4
     assert not alloc.ensure(2, 8)  # 2 pages wanted, 1 left: nothing taken
-    assert alloc.held[2] == 0 and len(alloc.free) == 1
+    assert alloc.held[2] == 0 and alloc.free_pages(0) == 1
     held = np.concatenate([alloc.table[0, :3], alloc.table[1, :4]])
     assert len(set(held.tolist())) == 7 and NULL_PAGE not in held
     assert (alloc.table[2] == NULL_PAGE).all() and alloc.in_use == 7
@@ -87,7 +87,7 @@ def test_plan_pages_follows_the_budget_and_names_what_to_lower():
     plan = plan_pages(CFG, config, rows=64, max_prompt_len=12)
     assert plan.row_pages == 9 and plan.pages == 20 and plan.slots == 2  # (20 - 1) // 9 full rows
     plan = plan_pages(CFG, SamplerConfig(max_new_tokens=NEW, page_size=4), rows=6, max_prompt_len=12, data_parallel=4)
-    assert plan.slots == 8 and plan.pages == 8 * 9 + 1  # no budget: every row at once, whole slots per shard
+    assert plan.slots == 8 and plan.pages == 2 * 9 + 1  # no budget: every row at once; a shard's pool, its 2 slots
     wide = SamplerConfig(max_new_tokens=NEW, page_size=4, max_concurrent_rows=32, kv_cache_budget_bytes=20 * PAGE_BYTES)
     assert plan_pages(CFG, wide, rows=64, max_prompt_len=12).slots == 32  # oversubscribed: may preempt
     small = SamplerConfig(max_new_tokens=NEW, page_size=4, kv_cache_budget_bytes=9 * PAGE_BYTES)

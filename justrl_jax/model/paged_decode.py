@@ -14,6 +14,9 @@ nothing they compute is read back.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax.numpy as jnp
 
 from justrl_jax.model.kv_cache import KVCache
@@ -44,11 +47,33 @@ def write_prompts(cache: PagedKVCache, dense: KVCache, prompt_len, page_table) -
     )
 
 
+def write_and_attend(q, k, v, k_pages, v_pages, page, offset, lengths, page_table, *, kernel: str, row_group: int):
+    """One layer's KV write and attention: q [B, N, H], k, v [B, K, H] into ``pages[:, page, offset]`` ([B] each),
+    then attention over each row's pages -> (out [B, N, H], k_pages, v_pages). Touches only the pages the table
+    names, so it runs unchanged on one data shard's block of the pool with that shard's rows and local ids."""
+    k_pages = k_pages.at[:, page, offset].set(jnp.transpose(k, (1, 0, 2)).astype(k_pages.dtype))
+    v_pages = v_pages.at[:, page, offset].set(jnp.transpose(v, (1, 0, 2)).astype(v_pages.dtype))
+    out = paged_decode_attention(q, k_pages, v_pages, lengths, page_table, kernel=kernel, row_group=row_group)
+    return out, k_pages, v_pages
+
+
 def decode_step(
-    model: Qwen2, tokens, positions, cache: PagedKVCache, page_table, *, kernel: str = "jax", row_group: int = 16
+    model: Qwen2,
+    tokens,
+    positions,
+    cache: PagedKVCache,
+    page_table,
+    *,
+    kernel: str = "jax",
+    row_group: int = 16,
+    per_shard: Callable[[Callable], Callable] | None = None,
 ):
     """tokens, positions [B] int32; page_table [B, nb] -> (final-norm hidden [B, 1, D], cache).
-    ``row_group``: see :func:`paged_decode_attention`."""
+    ``row_group``: see :func:`paged_decode_attention`. ``per_shard`` wraps :func:`write_and_attend` to run on
+    each data shard's rows and pages (``justrl_jax.page_pool.per_shard``); None: on the whole arrays."""
+    attend = functools.partial(write_and_attend, kernel=kernel, row_group=row_group)
+    if per_shard is not None:
+        attend = per_shard(attend)
     ps = cache.page_size
     page = jnp.take_along_axis(page_table, (positions // ps)[:, None], axis=1)[:, 0]  # [B]
     offset = positions % ps
@@ -60,12 +85,10 @@ def decode_step(
         q = apply_rope(attn._project(h, attn.q_kernel, attn.q_bias), cos, sin)[:, 0]  # [B, N, H]
         k = apply_rope(attn._project(h, attn.k_kernel, attn.k_bias), cos, sin)[:, 0]  # [B, K, H]
         v = attn._project(h, attn.v_kernel, attn.v_bias)[:, 0]
-        k_pages = cache.k[i].at[:, page, offset].set(jnp.transpose(k, (1, 0, 2)).astype(cache.k[i].dtype))
-        v_pages = cache.v[i].at[:, page, offset].set(jnp.transpose(v, (1, 0, 2)).astype(cache.v[i].dtype))
+        out, k_pages, v_pages = attend(q, k, v, cache.k[i], cache.v[i], page, offset, positions + 1, page_table)
         cache = cache.replace(
             k=cache.k[:i] + (k_pages,) + cache.k[i + 1 :], v=cache.v[:i] + (v_pages,) + cache.v[i + 1 :]
         )
-        out = paged_decode_attention(q, k_pages, v_pages, positions + 1, page_table, kernel=kernel, row_group=row_group)
         x = x + jnp.einsum("BNH,NHD->BD", out, attn.o_kernel[...].astype(out.dtype))[:, None]
         x = x + layer.mlp(layer.post_attn_norm(x))
     return model.final_norm(x), cache
