@@ -123,7 +123,7 @@ class MemoryPlan:
     activations_per_device: int
     total_params: int
     device_memory: int | None
-    kv_pages_per_device: int = 0  # pages the KV pool holds (every concurrent row at full length)
+    kv_pages_per_device: int = 0  # pages of this device's data shard's pool (its concurrent rows at full length)
     kv_page_size: int = 16
     concurrent_rows_per_device: int = 0
 
@@ -199,9 +199,11 @@ def plan_memory(
     params, total = sharded_param_bytes(config, mesh, num_devices, inputs.param_bytes)
     fp32_params = params // inputs.param_bytes * 4
 
-    # KV cache, in pages (the continuous sampler's pool): rows split over fsdp; KV heads over tensor only
-    # when divisible. A row at its longest holds ceil((prompt + new - 1) / page_size) pages; the pool is
-    # planned for every concurrent row at full length (more rows than that may run, and preempt).
+    # KV cache, in pages (the continuous sampler's pool): each fsdp (data) shard has its own slots and its own
+    # pool, which only its devices hold (justrl_jax.page_pool), so a device counts its shard's rows; KV heads
+    # split over tensor only when divisible. A row at its longest holds ceil((prompt + new - 1) / page_size)
+    # pages; the pool is planned for every concurrent row at full length (more rows than that may run, and
+    # preempt).
     kv_heads = config.num_kv_heads // tensor if config.num_kv_heads % tensor == 0 else config.num_kv_heads
     slots = inputs.prompt_tokens + inputs.max_new_tokens
     row_pages = math.ceil((slots - 1) / inputs.page_size)

@@ -110,8 +110,9 @@ class SamplerConfig:
     cache_dtype: dtype of the KV cache (None: the model's compute dtype).
     scheduler: "continuous" (decode slots over a paged KV cache, refilled as rows end; see
         :mod:`justrl_jax.continuous_batching`) or "waves" (static waves over a dense cache).
-    max_concurrent_rows: (continuous) decode slots; None: what the KV budget holds at full length (no
-        budget: every row at once). More slots than the pool holds at full length may preempt rows.
+    max_concurrent_rows: (continuous) decode slots over every data shard; None: what the KV budget holds at
+        full length (each data shard's devices hold only its own pages, so the budget per device buys pages per
+        shard; no budget: every row at once). More slots than the pools hold at full length may preempt rows.
     page_size: (continuous) tokens per KV page.
     steps_per_call: (continuous) decode steps per device call; finished slots are refilled between calls.
     attention_kernel: (continuous) paged decode attention: "auto", "jax", "pallas_gpu", "pallas_tpu".

@@ -13,6 +13,7 @@ from paged_setup import CFG, EOS, NEW, PAGE_BYTES, ragged_prompts, tiny_model
 
 import justrl_jax.continuous_batching as continuous_batching
 from justrl_jax.model.paged_kv_cache import NULL_PAGE
+from justrl_jax.page_allocator import PageAllocator
 from justrl_jax.sampler import Sampler, SamplerConfig, reshard_params
 from justrl_jax.sampling import Temperature
 from justrl_jax.sharding import make_mesh
@@ -102,3 +103,17 @@ def test_each_device_holds_its_shards_pages_and_decode_moves_no_pool(model, monk
     monkeypatch.setattr(continuous_batching, "per_shard", lambda mesh: None)
     hlo, _ = _decode_hlo_and_pools(model, mesh, pages)
     assert len(_pool_collectives(hlo, (pages, 2 * pages), PAGE, CFG.head_dim)) >= CFG.num_layers
+
+
+def test_each_shards_slots_draw_local_pages_from_their_own_shard_only():
+    alloc = PageAllocator(pages=5, slots=4, max_pages=4, page_size=4, shards=2)  # slots 0, 1: shard 0; 2, 3: shard 1
+    assert [alloc.shard_of(s) for s in range(4)] == [0, 0, 1, 1]
+    assert alloc.ensure(0, 16) and alloc.free_pages(0) == 0  # shard 0's 4 pages
+    assert not alloc.ensure(1, 1)  # shard 0 is out of pages; shard 1's are not lent to it
+    assert alloc.ensure(2, 16) and alloc.ensure(3, 0)
+    assert sorted(alloc.table[0]) == sorted(alloc.table[2]) == [1, 2, 3, 4]  # local ids; local 0 is the null page
+    assert alloc.in_use == 8 and alloc.in_use_of(1) == 4
+    alloc.release(0)
+    assert alloc.free_pages(0) == 4 and alloc.free_pages(1) == 0 and alloc.ensure(1, 5)
+    with pytest.raises(ValueError, match="4 decode slots do not split evenly over 3 data shards"):
+        PageAllocator(pages=5, slots=4, max_pages=4, page_size=4, shards=3)
