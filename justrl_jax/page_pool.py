@@ -29,7 +29,12 @@ POOL_AXES = ("kv_heads", "kv_pages", None, "head_dim")  # of each layer's [K, pa
 
 
 def pool_spec(mesh: Mesh, shape) -> PartitionSpec:
-    return logical_spec(POOL_AXES, mesh, shape)
+    # In the form compiled programs give their outputs (mesh axes of size 1 and trailing Nones dropped), so a new
+    # pool and a pool a program returned have equal shardings: the first call of a run does not compile again.
+    spec = [None if axis is None or mesh.shape[axis] == 1 else axis for axis in logical_spec(POOL_AXES, mesh, shape)]
+    while spec and spec[-1] is None:
+        spec.pop()
+    return PartitionSpec(*spec)
 
 
 def pool_sharding(mesh: Mesh, shape) -> NamedSharding:
@@ -52,7 +57,7 @@ def new_pool(
 def _specs(mesh: Mesh, pool_shape) -> tuple[PartitionSpec, object, object]:
     """(the pool's spec, the mesh axis rows split over, the mesh axis KV heads split over or None)."""
     pool = pool_spec(mesh, pool_shape)
-    return pool, logical_spec(("batch",))[0], pool[0]
+    return pool, logical_spec(("batch",))[0], pool[0] if len(pool) else None
 
 
 def per_shard(mesh: Mesh | None) -> Callable[[Callable], Callable] | None:

@@ -39,22 +39,34 @@ def _config(**kwargs) -> SamplerConfig:
     )
 
 
-def _generate(model, mesh, **kwargs):
+def _generate(model, mesh, *, warm_up: bool = False, **kwargs):
     sampler = Sampler(model, _config(max_concurrent_rows=8, **kwargs), mesh=mesh, eos_ids=EOS, pad_id=0)
+    programs = lambda: (sampler.batcher.prefill_fn._cache_size(), sampler.batcher.decode_fn._cache_size())  # noqa: E731
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        if warm_up:
+            sampler.warm_up(model, *ragged_prompts(), n=2)
+            compiled = programs()
         # n=2: 12 rows, a multiple of every data axis here (the rollout's log-probs are split over it)
-        return sampler, sampler.generate(model, *ragged_prompts(), n=2, key=11, logprobs=True)
+        rollout = sampler.generate(model, *ragged_prompts(), n=2, key=11, logprobs=True)
+    if warm_up:
+        assert programs() == compiled  # the per-shard prefill and decode buckets were all compiled ahead
+    return sampler, rollout
+
+
+@pytest.fixture(scope="module")
+def single(model):
+    return _generate(model, None)[1]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh_spec", ["2x2", "4x1"])
-def test_a_mesh_under_a_tiny_per_shard_budget_preempts_and_still_equals_one_device(model, mesh_spec):
-    _, single = _generate(model, None)
+def test_a_mesh_under_a_tiny_per_shard_budget_preempts_and_still_equals_one_device(model, single, mesh_spec):
     mesh = _mesh(mesh_spec)
     dp, tensor = mesh.shape["fsdp"], mesh.shape["tensor"]
     page_bytes = PAGE_BYTES // tensor  # 2 KV heads split over the tensor axis
     budget = (ROW_PAGES + 1 + 3) * page_bytes  # per device: one full row and a little, for 8 / dp slots
-    sampler, sharded = _generate(model, mesh, kv_cache_budget_bytes=budget)
+    # (the 2x2 run also checks that warm_up compiled every per-shard bucket it then uses)
+    sampler, sharded = _generate(model, mesh, warm_up=mesh_spec == "2x2", kv_cache_budget_bytes=budget)
     np.testing.assert_array_equal(sharded.completion_ids, single.completion_ids)
     np.testing.assert_array_equal(sharded.lengths, single.lengths)
     np.testing.assert_array_equal(sharded.finish, single.finish)
