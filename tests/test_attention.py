@@ -99,6 +99,48 @@ def test_blockwise_visits_only_the_blocks_the_masks_allow():
     np.testing.assert_array_equal(q_hi - q_lo, [0, 1, 2])
 
 
+def test_blockwise_skips_the_mask_only_on_fully_allowed_blocks():
+    # Sequences of 32 tokens in blocks of 16: the one pair per sequence with the key block strictly
+    # before the query block is full; every other needed pair (the diagonal) keeps its mask.
+    seg = jnp.asarray(np.repeat(np.arange(1, 5), 32)[None], jnp.int32)
+    needed = A._block_ranges(seg, 16)
+    (qf_lo, qf_hi), (kf_lo, kf_hi) = A._full_runs(seg, 16, needed)
+    np.testing.assert_array_equal(qf_hi - qf_lo, [0, 1, 0, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(qf_lo[1::2], [0, 2, 4, 6])
+    np.testing.assert_array_equal(kf_hi - kf_lo, [1, 0, 1, 0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(kf_lo[0::2], [1, 3, 5, 7])
+    # An empty sub-run sits at the end of the needed run, so the masked loops cover all of it.
+    np.testing.assert_array_equal(qf_lo[0::2], needed[0][1][0::2])
+    # A block that mixes padding and a sequence, or two sequences, is never full.
+    pad = jnp.asarray(np.r_[np.zeros(8), np.ones(40)][None], jnp.int32)
+    (qf_lo, qf_hi), _ = A._full_runs(pad, 16, A._block_ranges(pad, 16))
+    np.testing.assert_array_equal(qf_hi - qf_lo, [0, 0, 1])  # only (block 2, block 1)
+
+
+@pytest.mark.parametrize("row", [0, 1, 2])
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_blockwise_equals_xla_row_by_row(row, kv_heads):
+    """One row at a time, so long single-segment stretches give full (unmasked) block pairs; one KV head
+    on one row runs as a single lane, two KV heads as two."""
+    q, k, v, seg, w = _inputs(heads=4, kv_heads=kv_heads)
+    one = (x[row : row + 1] for x in (q, k, v, seg, w))
+    q, k, v, seg, w = one
+    ref_out, ref_grads = _value_and_grads(A.xla_attention, q, k, v, seg, w)
+    out, grads = _value_and_grads(lambda *a: A.blockwise_attention(*a, block=16), q, k, v, seg, w)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_blockwise_splits_rows_into_lanes_when_kv_heads_are_odd():
+    q, k, v, seg, w = (x[:2] for x in _inputs(heads=3, kv_heads=1))
+    ref_out, ref_grads = _value_and_grads(A.xla_attention, q, k, v, seg, w)
+    out, grads = _value_and_grads(lambda *a: A.blockwise_attention(*a, block=16), q, k, v, seg, w)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
 def test_auto_is_blockwise_on_cpu_and_bad_names_are_refused():
     q = jnp.zeros((1, 8, 2, 8))
     if jax.devices()[0].platform == "cpu":

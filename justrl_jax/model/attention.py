@@ -146,6 +146,35 @@ def _block_ranges(segment_ids, block: int):
     return run(need), run(need.T)
 
 
+def _full_runs(segment_ids, block: int, needed):
+    """Within the needed runs of :func:`_block_ranges`, the sub-run of pairs whose every (query, key) pair
+    is allowed, both ways: ``((f_lo, f_hi) per query block, (f_lo, f_hi) per key block)``.
+
+    A pair is full when the key block lies strictly before the query block and, in every row, both
+    blocks hold one and the same non-padding segment: its scores need no mask. Where a block has no
+    full partner, or its full partners are not one run, its sub-run is empty at the end of its needed
+    run (``f_lo = f_hi = hi``), so the masked loops cover the whole needed run.
+    """
+    b, t = segment_ids.shape
+    nb = t // block
+    seg = segment_ids.reshape(b, nb, block)
+    lo, hi = jnp.min(seg, axis=-1), jnp.max(seg, axis=-1)  # [B, nb]
+    uniform = (lo == hi) & (lo > 0)
+    same = uniform[:, :, None] & uniform[:, None, :] & (lo[:, :, None] == lo[:, None, :])
+    idx = jnp.arange(nb)
+    full = jnp.all(same, axis=0) & (idx[None, :] < idx[:, None])  # [q block, k block]
+
+    def run(mask, need_hi):
+        cols = jnp.arange(mask.shape[1])
+        f_lo = jnp.min(jnp.where(mask, cols, nb), axis=1)
+        f_hi = jnp.max(jnp.where(mask, cols + 1, 0), axis=1)
+        one_run = (f_hi > f_lo) & (jnp.sum(mask, axis=1) == f_hi - f_lo)
+        return jnp.where(one_run, f_lo, need_hi), jnp.where(one_run, f_hi, need_hi)
+
+    (_, q_hi), (_, k_hi) = needed
+    return run(full, q_hi), run(full.T, k_hi)
+
+
 def _pad_to(x, t_pad, axis=1):
     pad = t_pad - x.shape[axis]
     if not pad:
@@ -166,8 +195,28 @@ def blockwise_attention(q, k, v, segment_ids, block: int = DEFAULT_BLOCK):
     qb = jnp.transpose(qb, (1, 0, 3, 4, 2, 5))
     kb, vb = (jnp.transpose(_pad_to(x, t_pad).reshape(b, nb, bs, kv_heads, h), (1, 0, 3, 2, 4)) for x in (k, v))
     seg = _pad_to(jnp.asarray(segment_ids, jnp.int32), t_pad).reshape(b, nb, bs).swapaxes(0, 1)
-    out = _flash(qb, kb, vb, seg)  # [nb,B,K,G,bs,H]
+    out = _in_lanes(qb, kb, vb, seg)  # [nb,B,K,G,bs,H]
     return jnp.transpose(out, (1, 0, 4, 2, 3, 5)).reshape(b, t_pad, n, h)[:, :t]
+
+
+def _in_lanes(q, k, v, seg):
+    """:func:`_flash` over two halves of the KV heads (or else of the rows) as independent computations.
+
+    Each loop step is a chain of small ops (a [G*bs, H] x [H, bs] matmul, the softmax, another matmul)
+    that XLA:CPU runs on one thread; two independent loops are two chains, which its runtime executes
+    concurrently (one per core on a 2-core machine). Halves of the heads also halve each step's work, so
+    the split costs no extra arithmetic.
+    """
+    _, b, kh = q.shape[:3]
+    if kh % 2 == 0:
+        h = kh // 2
+        halves = [_flash(q[:, :, s], k[:, :, s], v[:, :, s], seg) for s in (slice(0, h), slice(h, kh))]
+        return jnp.concatenate(halves, axis=2)
+    if b % 2 == 0:
+        h = b // 2
+        halves = [_flash(q[:, s], k[:, s], v[:, s], seg[:, s]) for s in (slice(0, h), slice(h, b))]
+        return jnp.concatenate(halves, axis=1)
+    return _flash(q, k, v, seg)
 
 
 def _allowed_t(seg_k, seg_q, slot_k, slot_q):
@@ -179,16 +228,26 @@ def _allowed_t(seg_k, seg_q, slot_k, slot_q):
 
 
 def _ranges(seg):
-    """:func:`_block_ranges` of blocked segment ids [nb,B,bs]."""
+    """:func:`_block_ranges` and :func:`_full_runs` of blocked segment ids [nb,B,bs]."""
     nb, b, bs = seg.shape
-    return _block_ranges(seg.swapaxes(0, 1).reshape(b, nb * bs), bs)
+    rows = seg.swapaxes(0, 1).reshape(b, nb * bs)
+    needed = _block_ranges(rows, bs)
+    return needed, _full_runs(rows, bs, needed)
+
+
+def _three_runs(lo, f_lo, f_hi, hi, body, carry):
+    """``body(j, carry, masked)`` over j in [lo, hi): masked outside the full sub-run [f_lo, f_hi), unmasked
+    inside it (the mask's compare-and-select passes over each score block are skipped there)."""
+    carry = jax.lax.fori_loop(lo, f_lo, lambda j, c: body(j, c, True), carry)
+    carry = jax.lax.fori_loop(f_lo, f_hi, lambda j, c: body(j, c, False), carry)
+    return jax.lax.fori_loop(f_hi, hi, lambda j, c: body(j, c, True), carry)
 
 
 def _flash_forward(q, k, v, seg, ranges):
     """Online softmax over the key blocks each query block needs: -> out [nb,B,K,G,bs,H] in q's dtype and
     the log-sum-exp of the scaled scores, lse [nb,B,K,G,bs] (0 at padding queries)."""
     nb, b, kh, g, bs, h = q.shape
-    (q_lo, q_hi), _ = ranges
+    ((q_lo, q_hi), _), ((qf_lo, qf_hi), _) = ranges
     qs = q * jnp.asarray(h**-0.5, q.dtype)  # scale once, not every block of scores
     k_t = jnp.swapaxes(k, -1, -2)  # [nb,B,K,H,bs]: the scores' matmul takes [H, S] as it is laid out
     slots = jnp.arange(bs)
@@ -196,11 +255,12 @@ def _flash_forward(q, k, v, seg, ranges):
     def query_block(i):
         qi, sq = qs[i], seg[i]
 
-        def key_block(j, carry):
+        def key_block(j, carry, masked):
             m, denom, acc = carry
             s = jnp.einsum("BKGQH,BKHS->BKGQS", qi, k_t[j], preferred_element_type=jnp.float32)
-            allowed = _allowed(sq, seg[j], i * bs + slots, j * bs + slots)[:, None, None]  # [B,1,1,Q,S]
-            s = jnp.where(allowed, s, -jnp.inf)
+            if masked:
+                allowed = _allowed(sq, seg[j], i * bs + slots, j * bs + slots)[:, None, None]  # [B,1,1,Q,S]
+                s = jnp.where(allowed, s, -jnp.inf)
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row with nothing allowed yet
             p = jnp.exp(s - m_safe[..., None])
@@ -213,7 +273,7 @@ def _flash_forward(q, k, v, seg, ranges):
             jnp.zeros((b, kh, g, bs), jnp.float32),
             jnp.zeros((b, kh, g, bs, h), jnp.float32),
         )
-        m, denom, acc = jax.lax.fori_loop(q_lo[i], q_hi[i], key_block, init)
+        m, denom, acc = _three_runs(q_lo[i], qf_lo[i], qf_hi[i], q_hi[i], key_block, init)
         seen = denom > 0  # padding queries see nothing: output 0, and their lse is never used
         safe = jnp.where(seen, denom, 1.0)
         out = jnp.where(seen[..., None], acc / safe[..., None], 0.0)
@@ -241,7 +301,7 @@ def _flash_bwd(residuals, dout):
     order): each pair recomputes its probabilities once and feeds dk, dv and dq from them. The blocks are
     key-major ([S, G*Q]), so every one of the five matmuls takes its operands as they are laid out, with
     no transposed copy inside the loop; dq is accumulated transposed ([H, G*Q]) for the same reason."""
-    q, k, v, seg, out, lse, (_, (k_lo, k_hi)) = residuals
+    q, k, v, seg, out, lse, ((_, (k_lo, k_hi)), (_, (kf_lo, kf_hi))) = residuals
     nb, b, kh, g, bs, h = q.shape
     scale = h**-0.5
     qs = q * jnp.asarray(scale, q.dtype)
@@ -254,11 +314,12 @@ def _flash_bwd(residuals, dout):
     def key_block(dq_t, j):
         kj, vj, kj_t, sk = k[j], v[j], k_t[j], seg[j]
 
-        def query_block(i, carry):
+        def query_block(i, carry, masked):
             dk, dv, dq_t = carry
             s_t = jnp.einsum("BKSH,BKHGQ->BKSGQ", kj, qs_t[i], preferred_element_type=jnp.float32)
-            allowed = _allowed_t(sk, seg[i], j * bs + slots, i * bs + slots)
-            p_t = jnp.where(allowed, jnp.exp(s_t - lse[i][:, :, None]), 0.0)  # [B,K,S,G,Q]
+            p_t = jnp.exp(s_t - lse[i][:, :, None])  # [B,K,S,G,Q]
+            if masked:
+                p_t = jnp.where(_allowed_t(sk, seg[i], j * bs + slots, i * bs + slots), p_t, 0.0)
             dp_t = jnp.einsum("BKSH,BKHGQ->BKSGQ", vj, dout_t[i], preferred_element_type=jnp.float32)
             ds_t = p_t * (dp_t - delta[i][:, :, None])
             dv = dv + jnp.einsum("BKSGQ,BKGQH->BKSH", p_t.astype(v.dtype), dout[i], preferred_element_type=jnp.float32)
@@ -267,7 +328,7 @@ def _flash_bwd(residuals, dout):
             return dk, dv, dq_t.at[i].add(dq_i)
 
         zero = jnp.zeros((b, kh, bs, h), jnp.float32)
-        dk, dv, dq_t = jax.lax.fori_loop(k_lo[j], k_hi[j], query_block, (zero, zero, dq_t))
+        dk, dv, dq_t = _three_runs(k_lo[j], kf_lo[j], kf_hi[j], k_hi[j], query_block, (zero, zero, dq_t))
         return dq_t, (dk, dv)
 
     dq_t = jnp.zeros((nb, b, kh, h, g, bs), jnp.float32)
