@@ -1,6 +1,9 @@
 """Test session setup: 16 simulated CPU devices (for 4x4 meshes) and no network, before JAX starts."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
@@ -9,11 +12,51 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One XLA compilation cache for the whole run, inherited by the xdist workers and by every subprocess the tests
+# start: the same tiny programs recur across tests, files and CLI runs, and a cached executable is the very
+# code the first compile produced. The first process to get here (the xdist controller) creates and removes it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="justrl_jax_tests_xla_cache_")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+# The files that take longest, longest first (measured under the README's command): with ``--dist loadfile``
+# each worker takes the next file when it is nearly done, so starting the long files first and ending on
+# short ones lets the two workers finish together (longest-processing-time-first scheduling).
+LONGEST_FILES = (
+    "test_train_loop.py",
+    "test_resume.py",
+    "test_multihost.py",
+    "test_packing.py",
+    "test_continuous_batching.py",
+    "test_verification_overlap.py",
+    "test_gcs_run.py",
+    "test_train_step.py",
+    "test_sampler_parity.py",
+    "test_wandb.py",
+    "test_convert.py",
+    "test_generate_cli.py",
+)
+
+
+def pytest_configure(config):
+    """pytest-xdist hands out files biggest test count first by default, which puts the many small verifier
+    tests first and the long RL files last; the order below is the one that balances the workers."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files that hold slow tests run first (the order within a file is kept): with the README's
-    ``-n 2 --dist loadfile`` the long files start at once on both workers instead of leaving one worker
-    alone with them at the end."""
+    """Files in LONGEST_FILES order first, then the other files that hold slow tests, then the rest (the
+    order within a file is kept)."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+
+    def rank(item):
+        name = item.path.name
+        if name in LONGEST_FILES:
+            return (0, LONGEST_FILES.index(name))
+        return (1, 0) if item.path in slow_files else (2, 0)
+
+    items.sort(key=rank)
