@@ -60,7 +60,7 @@ class PlanInputs:
     param_bytes: int = 4  # fp32 master weights
     logp_chunk_tokens: int = 1024  # sequence chunk for logprobs/entropy
     sampler_waves: int = 0  # generation split into this many waves; 0 = as few as fit the device
-    page_size: int = 16  # tokens per KV page (the continuous sampler's)
+    page_size: int = 128  # tokens per KV page (the continuous sampler's default)
     max_concurrent_rows: int = 0  # decode slots over all devices; 0: as many as fit (see sampler_waves)
     packed_row_tokens: int = 0  # train.max_tokens_per_row; 0 = the padded layout (one sequence a row)
     micro_batch_tokens: int = 0  # packed: tokens per device per micro-batch (0 = one row)
@@ -124,7 +124,7 @@ class MemoryPlan:
     total_params: int
     device_memory: int | None
     kv_pages_per_device: int = 0  # pages of this device's data shard's pool (its concurrent rows at full length)
-    kv_page_size: int = 16
+    kv_page_size: int = 128
     concurrent_rows_per_device: int = 0
 
     @property

@@ -113,7 +113,9 @@ class SamplerConfig:
     max_concurrent_rows: (continuous) decode slots over every data shard; None: what the KV budget holds at
         full length (each data shard's devices hold only its own pages, so the budget per device buys pages per
         shard; no budget: every row at once). More slots than the pools hold at full length may preempt rows.
-    page_size: (continuous) tokens per KV page.
+    page_size: (continuous) tokens per KV page. 128: the pure-JAX attention gathers a row's keys page by page,
+        and on XLA:CPU a 128-token page gathers ~1.5x faster than a 16-token one (scripts/profile_decode_step.py;
+        the long-tail bench 1.2x end to end); a row wastes under one page, small next to recipe-length rows.
     steps_per_call: (continuous) decode steps per device call; finished slots are refilled between calls.
     attention_kernel: (continuous) paged decode attention: "auto", "jax", "pallas_gpu", "pallas_tpu".
     """
@@ -126,7 +128,7 @@ class SamplerConfig:
     cache_dtype: Any = None
     scheduler: str = "continuous"
     max_concurrent_rows: int | None = None
-    page_size: int = 16
+    page_size: int = 128
     steps_per_call: int = 16
     attention_kernel: str = "auto"
 

@@ -194,7 +194,7 @@ def main():
     ap.add_argument("--rows", type=int, default=1024, help="(longtail) rows, one prompt each")
     ap.add_argument("--max-concurrent-rows", type=int, default=128, help="(longtail) slots; transformers' batch")
     ap.add_argument("--steps-per-call", type=int, default=16, help="justrl_jax decode steps per device call")
-    ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--page-size", type=int, default=SamplerConfig.page_size, help="tokens per KV page")
     ap.add_argument("--skip-transformers", action="store_true", help="(longtail) time justrl_jax only")
     args = ap.parse_args()
     longtail_run = args.workload == "longtail"
