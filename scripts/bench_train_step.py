@@ -10,6 +10,7 @@ Usage::
 
     python scripts/bench_train_step.py          # 8 x 256 tokens; vocab 32000, hidden 256, 4 layers, 8/2 heads
     python scripts/bench_train_step.py --iters 10 --chunk 256 --remat --score-prompt
+    # --chunk (logits positions per chunk) defaults to TrainConfig.logp_chunk_size, the product's default
     # rows of 256 prompt + the given response lengths; JAX only, blockwise attention, packed rows:
     python scripts/bench_train_step.py --prompt 256 --batch 2 --lengths 4096,1024 --no-peer --pack --remat
     /usr/bin/time -v python scripts/bench_train_step.py --prompt 256 --batch 1 --lengths 16384 --no-peer --iters 1
@@ -41,6 +42,9 @@ from justrl_jax.model.qwen2 import positions_from_mask
 from justrl_jax.optim import OptimConfig
 from justrl_jax.packing import pack_train_batch, place_sequences
 from justrl_jax.train_step import TrainBatch, TrainConfig, init_train_state, make_train_step
+
+# Measure the product as users run it: the logits chunk defaults to TrainConfig's own default.
+PRODUCT_CHUNK = TrainConfig.__dataclass_fields__["logp_chunk_size"].default
 
 
 def _hf_model(args) -> transformers.Qwen2ForCausalLM:
@@ -190,7 +194,12 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--prompt", type=int, default=64, help="leading prompt tokens (not in the loss)")
-    ap.add_argument("--chunk", type=int, default=128, help="justrl_jax logp_chunk_size")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=PRODUCT_CHUNK,
+        help=f"justrl_jax logp_chunk_size (default: the product's TrainConfig default, {PRODUCT_CHUNK})",
+    )
     ap.add_argument("--remat", action="store_true", help="per-layer rematerialisation on the JAX side")
     ap.add_argument(
         "--score-prompt",
@@ -243,8 +252,9 @@ def main():
     med = {name: statistics.median(ts) for name, ts in times.items()}
     for name, t in med.items():
         print(f"{name:17s} {t:.3f} s/step (min {min(times[name]):.3f})  {tokens_per_step / t:8,.0f} tokens/s")
+    chunk_note = " (product default)" if args.chunk == PRODUCT_CHUNK else ""
     print(
-        f"(justrl_jax: logp chunk {args.chunk}, remat {args.remat}, attention {args.attention}, "
+        f"(justrl_jax: logp chunk {args.chunk}{chunk_note}, remat {args.remat}, attention {args.attention}, "
         f"packed {args.pack}, prompt logits {'computed' if args.score_prompt else 'skipped'})"
     )
     print(f"step_s={med['justrl_jax GRPO']:.3f}")

@@ -179,9 +179,12 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         dt = self.compute_dtype
-        gate = jnp.einsum("BTD,DF->BTF", x, self.gate_kernel[...].astype(dt))
-        up = jnp.einsum("BTD,DF->BTF", x, self.up_kernel[...].astype(dt))
-        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...].astype(dt))
+        # Feature-major intermediates ([B, F, T]): the gate/up weight gradients then contract over T with the
+        # [F, T] operand as stored; token-major, XLA:CPU wrote a single-threaded transposed [F, T] copy of
+        # each for those matmuls (MLP fwd+bwd at 1 x 8,448 tokens: 0.98 -> 0.82 CPU-s). Same products and sums.
+        gate = jnp.einsum("BTD,DF->BFT", x, self.gate_kernel[...].astype(dt))
+        up = jnp.einsum("BTD,DF->BFT", x, self.up_kernel[...].astype(dt))
+        return jnp.einsum("BFT,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...].astype(dt))
 
 
 class DecoderLayer(nnx.Module):
