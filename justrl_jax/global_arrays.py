@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, Sharding
 
-from justrl_jax.sharding import batch_sharding
+from justrl_jax.sharding import batch_sharding, data_parallel_size
 
 
 def place(x: np.ndarray, sharding: Sharding) -> jax.Array:
@@ -40,6 +40,20 @@ def to_global(tree, mesh: Mesh | None):
         return jnp.asarray(x) if mesh is None else place(x, batch_sharding(mesh, x.ndim))
 
     return jax.tree.map(one, tree)
+
+
+def rows_to_global(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """One host array whose row count need not divide the data axis (generate's rows = prompts x n) -> a global
+    array of exactly those rows. A sharding cannot split a ragged dim 0, so the rows are zero-padded to the next
+    multiple of the data axis, placed split over it, and the padding dropped on device (what the static waves
+    scheduler does with its filler rows)."""
+    x = np.asarray(x)
+    rows = x.shape[0]
+    pad = 0 if mesh is None else -rows % data_parallel_size(mesh)
+    if pad == 0:
+        return to_global(x, mesh)
+    padded = to_global(np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]), mesh)
+    return padded[:rows]
 
 
 def to_host(tree):

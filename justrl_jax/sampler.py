@@ -44,7 +44,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from justrl_jax.continuous_batching import BatchingStats, ContinuousBatcher, plan_pages
-from justrl_jax.global_arrays import to_global, to_host
+from justrl_jax.global_arrays import rows_to_global, to_global, to_host
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.model.kv_cache import KVCache
 from justrl_jax.model.paged_attention import KERNELS
@@ -449,7 +449,7 @@ class Sampler:
             )
             out = {"tokens": tokens, "length": lengths, "eos": eos}
             return self._rollout(
-                out, prompt_ids, prompt_mask, n, to_global(sampled_logps, self.mesh) if logprobs else None
+                out, prompt_ids, prompt_mask, n, rows_to_global(sampled_logps, self.mesh) if logprobs else None
             )
         plan = plan_waves(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
         params = reshard_params(params, self.mesh)

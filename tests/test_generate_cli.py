@@ -15,13 +15,14 @@ from justrl_jax.model.tiny_tokenizer import ChatStyle, save_tiny_tokenizer
 pytestmark = pytest.mark.slow  # the CLI end to end, in subprocesses and in-process
 
 
-def _run(*args):
+def _run(*args, devices: int = 1):
+    flags = "" if devices == 1 else f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run(
         [sys.executable, "-m", "justrl_jax.generate", *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "XLA_FLAGS": ""},
+        env={**__import__("os").environ, "XLA_FLAGS": flags},
     )
 
 
@@ -103,6 +104,32 @@ def test_greedy_cli_with_rows_ending_apart_and_slots_reused_equals_transformers(
         sample = row["samples"][0]
         assert sample["completion_ids"] == want
         assert sample["finish_reason"] == ("stop" if want[-1] in eos else "length")
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "waves"])
+def test_mesh_cli_with_rows_not_a_multiple_of_the_data_axis_equals_one_device(tmp_path, scheduler):
+    path, _ = make_hf_qwen2(tmp_path / "hf", vocab=448, hidden=64, heads=4, kv_heads=2, seed=9)
+    save_tiny_tokenizer(ChatStyle.DEEPSEEK, path)
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(1, 448, size=n).tolist() for n in (3, 8, 5)]
+    lines = [json.dumps({"prompt_ids": p, "id": i}) + "\n" for i, p in enumerate(prompts)]
+    (tmp_path / "p.jsonl").write_text("".join(lines))
+    outs = {}
+    for mesh in (None, "4x1"):  # 3 prompts x n=3: 9 sampled rows over 4 data shards
+        outs[mesh] = tmp_path / f"out_{mesh}.jsonl"
+        mesh_args = () if mesh is None else ("--mesh", mesh)
+        res = _run(
+            "--model", str(path), "--prompts", str(tmp_path / "p.jsonl"), "--output", str(outs[mesh]), "--n", "3",
+            "--max-new-tokens", "8", "--prompt-bucket", "4", "--scheduler", scheduler, "--seed", "3", *mesh_args,
+            devices=1 if mesh is None else 4,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    one, sharded = ([json.loads(line) for line in outs[m].read_text().splitlines()] for m in (None, "4x1"))
+    assert len(sharded) == 3 and all(len(row["samples"]) == 3 for row in sharded)
+    for a, b in zip(one, sharded, strict=True):
+        for x, y in zip(a["samples"], b["samples"], strict=True):
+            assert (x["completion_ids"], x["finish_reason"]) == (y["completion_ids"], y["finish_reason"])
+            np.testing.assert_allclose(x["logprobs"], y["logprobs"], atol=1e-5)
 
 
 def test_malformed_prompt_line_is_named(tmp_path):
