@@ -117,6 +117,15 @@ def test_blockwise_skips_the_mask_only_on_fully_allowed_blocks():
     np.testing.assert_array_equal(qf_hi - qf_lo, [0, 0, 1])  # only (block 2, block 1)
 
 
+def _assert_blockwise_equals_xla(q, k, v, seg, w):
+    """Values and gradients of blockwise attention (block 16) within 1e-5 of the xla reference."""
+    ref_out, ref_grads = _value_and_grads(A.xla_attention, q, k, v, seg, w)
+    out, grads = _value_and_grads(lambda *a: A.blockwise_attention(*a, block=16), q, k, v, seg, w)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("row", [0, 1, 2])
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_blockwise_equals_xla_row_by_row(row, kv_heads):
@@ -125,20 +134,12 @@ def test_blockwise_equals_xla_row_by_row(row, kv_heads):
     q, k, v, seg, w = _inputs(heads=4, kv_heads=kv_heads)
     one = (x[row : row + 1] for x in (q, k, v, seg, w))
     q, k, v, seg, w = one
-    ref_out, ref_grads = _value_and_grads(A.xla_attention, q, k, v, seg, w)
-    out, grads = _value_and_grads(lambda *a: A.blockwise_attention(*a, block=16), q, k, v, seg, w)
-    np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
-    for g, r in zip(grads, ref_grads, strict=True):
-        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+    _assert_blockwise_equals_xla(q, k, v, seg, w)
 
 
 def test_blockwise_splits_rows_into_lanes_when_kv_heads_are_odd():
     q, k, v, seg, w = (x[:2] for x in _inputs(heads=3, kv_heads=1))
-    ref_out, ref_grads = _value_and_grads(A.xla_attention, q, k, v, seg, w)
-    out, grads = _value_and_grads(lambda *a: A.blockwise_attention(*a, block=16), q, k, v, seg, w)
-    np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
-    for g, r in zip(grads, ref_grads, strict=True):
-        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+    _assert_blockwise_equals_xla(q, k, v, seg, w)
 
 
 def test_auto_is_blockwise_on_cpu_and_bad_names_are_refused():
