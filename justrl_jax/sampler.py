@@ -427,31 +427,24 @@ class Sampler:
         keys = row_key_data(key, rows) if row_keys is None else _check_row_keys(row_keys, rows)
         done = None if on_row_done is None else _row_callback(on_row_done)
 
-        dp = data_parallel_size(self.mesh) if self.mesh is not None else 1
-        tensor = axis_size(self.mesh, "kv_heads")
-        cache_dtype = jnp.dtype(self.config.cache_dtype or compute_dtype)
-        itemsize = cache_dtype.itemsize
         if self.config.scheduler == "continuous":
-            # Planned for the bucketed width, so every prompt length in a bucket gets the same pool (one compile).
-            pages = plan_pages(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
             params = reshard_params(params, self.mesh)
             tokens, sampled_logps, lengths, eos = self.batcher.run(
                 params,
                 bucket_ids,
                 bucket_mask,
                 keys,
-                slots=pages.slots,
-                pages=pages.pages,
-                page_size=pages.page_size,
-                dp=dp,
-                cache_dtype=cache_dtype,
+                **self._pool_args(model_cfg, compute_dtype, rows, width),
                 on_row_done=done,
             )
             out = {"tokens": tokens, "length": lengths, "eos": eos}
             return self._rollout(
                 out, prompt_ids, prompt_mask, n, rows_to_global(sampled_logps, self.mesh) if logprobs else None
             )
-        plan = plan_waves(model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=itemsize)
+        dp, tensor, cache_dtype = self._placement(compute_dtype)
+        plan = plan_waves(
+            model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=cache_dtype.itemsize
+        )
         params = reshard_params(params, self.mesh)
 
         outputs, wave_logprobs = [], []
@@ -486,22 +479,30 @@ class Sampler:
         model_cfg, compute_dtype = self._model_info(params)
         ids, mask = _check_prompts(prompt_ids, prompt_mask, model_cfg.vocab_size)
         width = _round_up(int(mask.sum(axis=1).max()), self.config.prompt_bucket)
-        dp = data_parallel_size(self.mesh) if self.mesh is not None else 1
-        tensor = axis_size(self.mesh, "kv_heads")
-        cache_dtype = jnp.dtype(self.config.cache_dtype or compute_dtype)
         rows = ids.shape[0] * n
+        return self.batcher.warm_up(
+            reshard_params(params, self.mesh), width, **self._pool_args(model_cfg, compute_dtype, rows, width)
+        )
+
+    def _placement(self, compute_dtype) -> tuple[int, int, jnp.dtype]:
+        """(data-parallel size, KV-head shards, KV cache dtype) for this sampler's mesh and config."""
+        dp = data_parallel_size(self.mesh) if self.mesh is not None else 1
+        return dp, axis_size(self.mesh, "kv_heads"), jnp.dtype(self.config.cache_dtype or compute_dtype)
+
+    def _pool_args(self, model_cfg, compute_dtype, rows: int, width: int) -> dict:
+        """The continuous batcher's pool arguments (``run`` and ``warm_up`` take the same). Planned for the
+        bucketed width, so every prompt length in a bucket gets the same pool (one compile)."""
+        dp, tensor, cache_dtype = self._placement(compute_dtype)
         pages = plan_pages(
             model_cfg, self.config, rows, width, data_parallel=dp, tensor=tensor, itemsize=cache_dtype.itemsize
         )
-        return self.batcher.warm_up(
-            reshard_params(params, self.mesh),
-            width,
-            slots=pages.slots,
-            pages=pages.pages,
-            page_size=pages.page_size,
-            dp=dp,
-            cache_dtype=cache_dtype,
-        )
+        return {
+            "slots": pages.slots,
+            "pages": pages.pages,
+            "page_size": pages.page_size,
+            "dp": dp,
+            "cache_dtype": cache_dtype,
+        }
 
     def _rollout(
         self, out: dict[str, np.ndarray], prompt_ids, prompt_mask, n: int, logprobs: jax.Array | None
