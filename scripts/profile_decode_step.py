@@ -5,10 +5,17 @@ the ones :func:`justrl_jax.model.paged_decode.decode_step` runs, each jitted alo
 
 * ``attention``: :func:`paged_decode_attention` of one layer over a page pool whose pages are handed out in a
   random order (as they are after rows have come and gone), rows ordered longest first (as the scheduler does);
-* ``projections + MLP``: one layer's q/k/v/o projections and MLP;
+* ``projections + MLP``: one layer's q/k/v/o projections and MLP (the token-major MLP decode_step runs);
 * ``unembed + sample``: the final norm, the logits and one inverse-CDF draw per row;
 * ``decode step x16``: 16 whole steps (4 layers, KV writes into the pool, sampling) in one ``fori_loop``, the
-  pool donated, per step: what one decode call of ``steps_per_call = 16`` does.
+  pool donated, per step: what one decode call of ``steps_per_call = 16`` does;
+* ``... without attention``: the same loop with the attention call replaced by its query (KV writes kept): the
+  difference to the whole step is what the attention costs inside the loop, where each layer reads its own
+  pool (the attention timed alone re-reads one pool, partly from cache).
+
+Then the floor of a decode step on this machine (fp32): the KV bytes the attention must read at the memory
+bandwidth of a plain streaming read (numpy sum of a 256 MB array) plus the matmul FLOPs of the step at the rate
+of one large fp32 matmul.
 
 ``longtail`` is ``bench_sampler.py --workload longtail`` mid-run: vocabulary 330, 128 rows whose context lengths
 are 64 prompt tokens plus a geometric number of new ones (mean ~330, capped at 1,024); ``fixed`` is the
@@ -33,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import justrl_jax.model.paged_decode as paged_decode
 from justrl_jax.model.paged_attention import paged_decode_attention
-from justrl_jax.model.paged_decode import decode_step
+from justrl_jax.model.paged_decode import decode_mlp, decode_step
 from justrl_jax.model.paged_kv_cache import PagedKVCache, pages_for
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.sampling import Temperature
@@ -98,7 +106,7 @@ def profile(workload: str, page_size: int, rounds: int) -> dict[str, float]:
         q = a._project(y, a.q_kernel, a.q_bias)
         kv_sum = a._project(y, a.k_kernel, a.k_bias).sum() + a._project(y, a.v_kernel, a.v_bias).sum()
         x = x + jnp.einsum("BTNH,NHD->BTD", q, a.o_kernel[...]) + 0 * kv_sum
-        return x + layer.mlp(layer.post_attn_norm(x))
+        return x + decode_mlp(layer.mlp, layer.post_attn_norm(x)[:, 0])[:, None]
 
     times["projections + MLP (1 layer)"] = _best(jax.jit(layer_dense), params, x, rounds=rounds)
     uniforms = jnp.asarray(rng.random(ROWS), jnp.float32)
@@ -121,24 +129,71 @@ def profile(workload: str, page_size: int, rounds: int) -> dict[str, float]:
 
         return jax.lax.fori_loop(0, steps, body, (cache, tokens, positions))[0]
 
-    step_fn = jax.jit(run, donate_argnums=(1,))
-    cache = PagedKVCache(k=tuple(pool() for _ in range(cfg.num_layers)), v=tuple(pool() for _ in range(cfg.num_layers)))
-    tokens = jnp.asarray(rng.integers(0, vocab, ROWS), jnp.int32)
-    positions = jnp.asarray(lengths - 1)
-    best = float("inf")
-    for i in range(rounds + 1):
-        start = time.perf_counter()
-        cache = jax.block_until_ready(step_fn(params, cache, tokens, positions))
-        if i:  # the first call compiles
-            best = min(best, (time.perf_counter() - start) / steps)
-    times["decode step (of 16 in one loop)"] = best
+    def step_time(name: str):
+        step_fn = jax.jit(run, donate_argnums=(1,))
+        cache = PagedKVCache(
+            k=tuple(pool() for _ in range(cfg.num_layers)), v=tuple(pool() for _ in range(cfg.num_layers))
+        )
+        tokens = jnp.asarray(rng.integers(0, vocab, ROWS), jnp.int32)
+        positions = jnp.asarray(lengths - 1)
+        best = float("inf")
+        for i in range(rounds + 1):
+            start = time.perf_counter()
+            cache = jax.block_until_ready(step_fn(params, cache, tokens, positions))
+            if i:  # the first call compiles
+                best = min(best, (time.perf_counter() - start) / steps)
+        times[name] = best
+
+    step_time("decode step (of 16 in one loop)")
+    attention = paged_decode.paged_decode_attention
+    paged_decode.paged_decode_attention = _no_attention
+    try:
+        step_time("  ... without attention")
+    finally:
+        paged_decode.paged_decode_attention = attention
     print(
         f"{workload}: batch {ROWS}, vocab {vocab}, page size {page_size}, context mean {lengths.mean():.0f} "
         f"(max {lengths.max()}) tokens"
     )
     for name, seconds in times.items():
         print(f"  {name:34s} {seconds * 1e3:8.2f} ms")
+    in_loop = times["decode step (of 16 in one loop)"] - times["  ... without attention"]
+    print(f"  {'attention in the loop (4 layers)':34s} {in_loop * 1e3:8.2f} ms")
+    _floor(cfg, lengths, page_size, times["decode step (of 16 in one loop)"])
     return times
+
+
+def _no_attention(q, k_pages, v_pages, *_, **__):
+    """The query stands in for the attention's output; the pools stay inputs of the step, so their writes stay."""
+    return q + 0 * (k_pages[0, 0, 0] + v_pages[0, 0, 0])
+
+
+def _floor(cfg: Qwen2Config, lengths: np.ndarray, page_size: int, step: float) -> None:
+    """The fastest fp32 decode step this machine allows: each row's KV bytes (no page padding) read once at
+    streaming bandwidth, plus the matmul FLOPs at the rate of a large matmul. The attention's own arithmetic (about
+    one FLOP per KV byte) is left out: it is memory bound."""
+    big = np.ones(64 * 2**20, np.float32)  # 256 MB, well past any cache
+    seconds = min(_wall(big.sum) for _ in range(5))
+    bandwidth = big.nbytes / seconds
+    a = jnp.ones((2048, 2048), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    flop_rate = 2 * 2048**3 / min(_wall(lambda: jax.block_until_ready(matmul(a))) for _ in range(5))
+    kv_bytes = int(lengths.sum()) * 2 * cfg.num_kv_heads * cfg.head_dim * 4 * cfg.num_layers  # keys + values
+    d, f, n, k, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    flops = 2 * ROWS * (cfg.num_layers * (3 * d * f + 2 * d * n * h + 2 * d * k * h) + d * cfg.vocab_size)
+    floor = kv_bytes / bandwidth + flops / flop_rate
+    print(
+        f"  floor: KV {kv_bytes / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s = {kv_bytes / bandwidth * 1e3:.2f} ms, "
+        f"matmuls {flops / 1e9:.2f} GFLOP at {flop_rate / 1e9:.0f} GFLOPS = {flops / flop_rate * 1e3:.2f} ms: "
+        f"{floor * 1e3:.2f} ms per step (the step above: {step / floor:.1f}x the floor)"
+    )
+
+
+def _wall(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main():

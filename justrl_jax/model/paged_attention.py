@@ -79,18 +79,26 @@ def _attend_jax(q, k_pages, v_pages, lengths, page_table, scale, row_group):
         q_rows, table_rows, length = qg[rows], table[rows], lengths[rows]
         r = q_rows.shape[0]
 
+        def gather(pages_, ids):  # [K, P, page_size, H] at ids [R, block] -> [R, K, block * page_size, H]
+            # Row-major, as XLA's gather yields it, with the dots batched over (R, K): batched over (K, R), XLA:CPU
+            # fused a transpose into every gather (~8% more CPU per layer at page size 128).
+            x = jnp.moveaxis(pages_[:, ids], 0, 2)  # [R, block, K, page_size, H]
+            if block > 1:
+                x = jnp.swapaxes(x, 1, 2)
+            return x.reshape(r, kv_heads, block * page_size, h)
+
         def body(j, carry):
             m, norm, acc = carry  # running max [R, K, G], normaliser [R, K, G], output [R, K, G, H]
             ids = jax.lax.dynamic_slice_in_dim(table_rows, j * block, block, axis=1)  # [R, block]
-            keys = k_pages[:, ids].reshape(kv_heads, r, block * page_size, h).astype(q.dtype)
-            values = v_pages[:, ids].reshape(kv_heads, r, block * page_size, h).astype(jnp.float32)
-            s = jnp.einsum("RKGH,KRTH->RKGT", q_rows, keys, preferred_element_type=jnp.float32) * scale
+            keys = gather(k_pages, ids).astype(q.dtype)
+            values = gather(v_pages, ids).astype(jnp.float32)
+            s = jnp.einsum("RKGH,RKTH->RKGT", q_rows, keys, preferred_element_type=jnp.float32) * scale
             valid = (j * block * page_size + jnp.arange(block * page_size))[None, :] < length[:, None]  # [R, T]
             s = jnp.where(valid[:, None, None], s, _MASKED)
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))
             alpha = jnp.exp(m - m_new)
             p = jnp.exp(s - m_new[..., None])
-            acc = alpha[..., None] * acc + jnp.einsum("RKGT,KRTH->RKGH", p, values)
+            acc = alpha[..., None] * acc + jnp.einsum("RKGT,RKTH->RKGH", p, values)
             return m_new, alpha * norm + jnp.sum(p, axis=-1), acc
 
         shape = (r, kv_heads, g)
