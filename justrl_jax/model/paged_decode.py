@@ -98,8 +98,8 @@ def decode_step(
 def decode_mlp(mlp: MLP, x):
     """The model's MLP on one token per row, x [B, D] -> [B, D]: the same products and sums as :class:`MLP`, but
     token-major. MLP's feature-major [B, F, T] intermediates (chosen for the training backward) made XLA:CPU run the
-    gate and up matmuls as transposed [F, B] products off its fast matmul path: 4 layers at batch 128 took 1.7x the
-    CPU time (scripts/profile_decode_step.py)."""
+    gate and up matmuls as transposed [F, B] products off its fast matmul path: the MLPs of 4 layers at batch 128
+    took 1.7x the CPU time of this form (16.0 vs 9.4 ms, a shared 2-core machine); the outputs were identical."""
     dt = mlp.compute_dtype
     gate = jnp.einsum("BD,DF->BF", x, mlp.gate_kernel[...].astype(dt))
     up = jnp.einsum("BD,DF->BF", x, mlp.up_kernel[...].astype(dt))
