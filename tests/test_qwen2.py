@@ -75,6 +75,15 @@ def test_cached_decoding_equals_full_forward(tmp_path):
     assert int(cache.index) == tokens.shape[1]
 
 
+def test_mlp_one_token_layout_equals_the_sequence_layout():
+    # Decode (one token per row) runs the MLP token-major, sequences feature-major: same products and sums.
+    cfg = Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=48, num_layers=1, num_heads=2, num_kv_heads=1)
+    mlp = Qwen2(cfg, rngs=nnx.Rngs(0)).layers[0].mlp
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4, 16)), jnp.float32)
+    per_token = jnp.concatenate([mlp(x[:, t : t + 1]) for t in range(4)], axis=1)
+    np.testing.assert_allclose(np.asarray(per_token), np.asarray(mlp(x)), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_export_reloads_in_transformers(tmp_path, tie):
     path, _ = make_hf_qwen2(tmp_path / "hf", tie=tie, config_style="hub")
