@@ -42,7 +42,7 @@ from flax import nnx
 
 import justrl_jax.model.paged_decode as paged_decode
 from justrl_jax.model.paged_attention import paged_decode_attention
-from justrl_jax.model.paged_decode import decode_mlp, decode_step
+from justrl_jax.model.paged_decode import decode_step
 from justrl_jax.model.paged_kv_cache import PagedKVCache, pages_for
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 from justrl_jax.sampling import Temperature
@@ -106,7 +106,7 @@ def profile(workload: str, page_size: int, rounds: int) -> dict[str, float]:
         q = a._project(y, a.q_kernel, a.q_bias)
         kv_sum = a._project(y, a.k_kernel, a.k_bias).sum() + a._project(y, a.v_kernel, a.v_bias).sum()
         x = x + jnp.einsum("BTNH,NHD->BTD", q, a.o_kernel[...]) + 0 * kv_sum
-        return x + decode_mlp(layer.mlp, layer.post_attn_norm(x)[:, 0])[:, None]
+        return x + layer.mlp(layer.post_attn_norm(x))
 
     times["projections + MLP (1 layer)"] = _best(jax.jit(layer_dense), params, x, rounds=rounds)
     uniforms = jnp.asarray(rng.random(ROWS), jnp.float32)
