@@ -105,12 +105,14 @@ def _chunk_logps(hidden: jnp.ndarray, targets: jnp.ndarray, unembed: jnp.ndarray
     """hidden [B,C,D], targets [B,C] int, unembed [D,V] -> (logp [B,C], entropy [B,C]) in fp32."""
     logits = jnp.einsum("BCD,DV->BCV", hidden, unembed, preferred_element_type=jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)  # [B,C]
-    # A masked reduction instead of take_along_axis: with the vocabulary sharded over `tensor`, a
-    # gather would all-gather the logits, while this stays an elementwise op plus a reduction.
-    hit = jnp.arange(logits.shape[-1], dtype=targets.dtype) == targets[..., None]
-    target_logit = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
+    # The target's logit as its own dot product with a gathered column of the unembedding: no pass over
+    # the logits, and with the vocabulary sharded over `tensor` the gather stays local up to a [B, C] sum
+    # (a take_along_axis on the logits would all-gather them).
+    w_target = jnp.take(unembed, targets, axis=1)  # [D,B,C]
+    target_logit = jnp.einsum("BCD,DBC->BC", hidden, w_target, preferred_element_type=jnp.float32)
     probs = jnp.exp(logits - lse[..., None])
-    entropy = lse - jnp.sum(probs * logits, axis=-1)
+    # E_p[z] as a contraction over V: XLA:CPU runs sum(probs * logits) ~20x slower than this dot.
+    entropy = lse - jnp.einsum("BCV,BCV->BC", probs, logits, preferred_element_type=jnp.float32)
     return target_logit - lse, entropy
 
 
