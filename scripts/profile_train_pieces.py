@@ -98,10 +98,10 @@ def jax_pieces(args, cfg: Qwen2Config):
         mask = (jnp.arange(t) >= t - args.scored).astype(jnp.float32)[None]
         adv = jnp.ones((1,), jnp.float32)
 
-        def f(x, w):
-            return fused_policy_loss(x, w, tokens, old, adv, mask, LossConfig(), args.chunk, start=t - args.scored)[0]
+        def f(x, w):  # with its metrics, as the train step uses it (they need the entropy)
+            return fused_policy_loss(x, w, tokens, old, adv, mask, LossConfig(), args.chunk, start=t - args.scored)
 
-        return _jax_fn(jax.grad(f, (0, 1)), x, w)
+        return _jax_fn(jax.grad(f, (0, 1), has_aux=True), x, w)
 
     def adamw():
         model_params = {
