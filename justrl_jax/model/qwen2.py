@@ -103,10 +103,13 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        # As HF: normalise in fp32, cast back, then scale in the input dtype.
+        # As HF: normalise in fp32, cast back, then scale in the input dtype. Written as einsums (the same
+        # products) so that the backward's sums over D and over tokens are contractions: XLA:CPU runs a
+        # reduce of a two-operand product ~10x slower (RMSNorm fwd+bwd at 1 x 8,448: 53 -> 22 CPU-ms).
         x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
+        mean_sq = jnp.einsum("...D,...D->...", x32, x32) / x.shape[-1]
+        y = jnp.einsum("...D,...->...D", x32, jax.lax.rsqrt(mean_sq + self.eps))
+        return jnp.einsum("D,...D->...D", self.scale[...].astype(x.dtype), y.astype(x.dtype))
 
 
 class Attention(nnx.Module):
