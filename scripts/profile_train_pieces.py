@@ -55,7 +55,6 @@ def jax_pieces(args, cfg: Qwen2Config):
     x = jnp.asarray(rng.standard_normal((1, t, d)), jnp.float32)
     seg = jnp.ones((1, t), jnp.int32)
     pos = jnp.arange(t)[None]
-    out = {}
 
     def attention():
         q = jnp.asarray(rng.standard_normal((1, t, n, h)), jnp.float32)
@@ -128,9 +127,15 @@ def jax_pieces(args, cfg: Qwen2Config):
         "loss": loss,
         "adamw": adamw,
     }
+    return _time_pieces("jax  ", makers, args)
+
+
+def _time_pieces(side: str, makers: dict, args) -> dict[str, tuple[float, float]]:
+    """Build and time each asked-for piece in turn: {name: (wall s, CPU s)}."""
+    out = {}
     for name in args.pieces:
         out[name] = _timed(makers[name](), args.iters)
-        print(f"jax   {name:12s} wall {out[name][0]:6.3f} s  cpu {out[name][1]:6.3f} s", flush=True)
+        print(f"{side} {name:12s} wall {out[name][0]:6.3f} s  cpu {out[name][1]:6.3f} s", flush=True)
     return out
 
 
@@ -154,7 +159,6 @@ def torch_pieces(args, cfg: Qwen2Config):
     rotary = mq.Qwen2RotaryEmbedding(hf)
     x = torch.randn(1, t, d, requires_grad=True)
     pos = torch.arange(t)[None]
-    out = {}
 
     def attention():
         q = torch.randn(1, n, t, h, requires_grad=True)
@@ -223,10 +227,7 @@ def torch_pieces(args, cfg: Qwen2Config):
         "loss": loss,
         "adamw": adamw,
     }
-    for name in args.pieces:
-        out[name] = _timed(makers[name](), args.iters)
-        print(f"torch {name:12s} wall {out[name][0]:6.3f} s  cpu {out[name][1]:6.3f} s", flush=True)
-    return out
+    return _time_pieces("torch", makers, args)
 
 
 def main():
