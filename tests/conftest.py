@@ -27,17 +27,24 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # short ones lets the two workers finish together (longest-processing-time-first scheduling).
 LONGEST_FILES = (
     "test_train_loop.py",
-    "test_resume.py",
-    "test_multihost.py",
-    "test_packing.py",
+    "test_generate_cli.py",
     "test_continuous_batching.py",
-    "test_verification_overlap.py",
     "test_gcs_run.py",
+    "test_multihost.py",
+    "test_page_pool.py",
     "test_train_step.py",
+    "test_resume.py",
+    "test_ragged_rows.py",
+    "test_packing.py",
+    "test_qwen2.py",
+    "test_run_dir.py",
+    "test_evaluation_stream.py",
+    "test_sampler.py",
+    "test_verification_overlap.py",
     "test_sampler_parity.py",
+    "test_checkpoint.py",
     "test_wandb.py",
     "test_convert.py",
-    "test_generate_cli.py",
 )
 
 

@@ -43,7 +43,9 @@ def _env(cache_dir) -> dict:
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
         "JAX_PLATFORMS": "cpu",
         "HF_HUB_OFFLINE": "1",
-        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        # The test run's own cache (conftest) when there is one: test_resume's one-device CLI runs compile
+        # the same RL programs.
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", str(cache_dir)),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }

@@ -37,12 +37,14 @@ TIMEOUT_S = 300
 def _env(cache_dir: Path) -> dict:
     # One CPU device, like every run compared; the compilation cache lets the runs after the first
     # skip most of XLA's compile time (a cached executable is the very code the first run compiled).
+    # The test run's own cache (conftest) when there is one: the other one-device CLI runs of the suite
+    # (test_gcs_run, test_run_dir) compile the same RL programs.
     return {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
         "JAX_PLATFORMS": "cpu",
         "HF_HUB_OFFLINE": "1",
-        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", str(cache_dir)),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
@@ -225,6 +227,10 @@ def runs(tmp_path_factory) -> dict[str, Outcome]:
         "diverging": _diverging,
         "damaged": lambda run_dir, env: _damaged(run_dir, env, ref.run_dir),
     }
+    # Every scenario starts from the reference's demo assets (its warm-started model and data), as the
+    # damaged one does: the same files a fresh warm start writes, without redoing it in four processes.
+    for name in ("killed", "preempted", "interrupted", "diverging"):
+        _with_assets(ref.run_dir, root / name)
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = {name: pool.submit(fn, root / name, env) for name, fn in scenarios.items()}
         return {"reference": ref, **{name: f.result() for name, f in futures.items()}}
