@@ -101,19 +101,30 @@ def _unchunk(x: jnp.ndarray, t: int) -> jnp.ndarray:
     return x.swapaxes(0, 1).reshape(b, n * c, *x.shape[3:])[:, :t]
 
 
-def _chunk_logps(hidden: jnp.ndarray, targets: jnp.ndarray, unembed: jnp.ndarray):
-    """hidden [B,C,D], targets [B,C] int, unembed [D,V] -> (logp [B,C], entropy [B,C]) in fp32."""
+def _logit_stats(hidden: jnp.ndarray, targets: jnp.ndarray, unembed: jnp.ndarray):
+    """hidden [B,C,D], targets [B,C] int, unembed [D,V] -> (logits [B,C,V], lse, logp, entropy, E_p[z]), fp32.
+
+    One statement of the per-token statistics, shared by the old-log-prob pass and the fused loss, so both
+    compute log p the same way. Few passes over the [B, C, V] block: the max, exp for the normaliser, and
+    E_p[z] as a contraction over V (XLA:CPU runs the multiply-reduce sum(p * z) ~20x slower than a dot)."""
     logits = jnp.einsum("BCD,DV->BCV", hidden, unembed, preferred_element_type=jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)  # [B,C]
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # a shift only: lse's gradient does not flow through it
+    e = jnp.exp(logits - m[..., None])
+    sum_e = jnp.sum(e, axis=-1)
+    lse = m + jnp.log(sum_e)
+    mean_logit = jnp.einsum("BCV,BCV->BC", e, logits, preferred_element_type=jnp.float32) / sum_e
     # The target's logit as its own dot product with a gathered column of the unembedding: no pass over
     # the logits, and with the vocabulary sharded over `tensor` the gather stays local up to a [B, C] sum
     # (a take_along_axis on the logits would all-gather them).
     w_target = jnp.take(unembed, targets, axis=1)  # [D,B,C]
     target_logit = jnp.einsum("BCD,DBC->BC", hidden, w_target, preferred_element_type=jnp.float32)
-    probs = jnp.exp(logits - lse[..., None])
-    # E_p[z] as a contraction over V: XLA:CPU runs sum(probs * logits) ~20x slower than this dot.
-    entropy = lse - jnp.einsum("BCV,BCV->BC", probs, logits, preferred_element_type=jnp.float32)
-    return target_logit - lse, entropy
+    return logits, lse, target_logit - lse, lse - mean_logit, mean_logit
+
+
+def _chunk_logps(hidden: jnp.ndarray, targets: jnp.ndarray, unembed: jnp.ndarray):
+    """hidden [B,C,D], targets [B,C] int, unembed [D,V] -> (logp [B,C], entropy [B,C]) in fp32."""
+    _, _, logp, entropy, _ = _logit_stats(hidden, targets, unembed)
+    return logp, entropy
 
 
 def chunked_logps(
@@ -393,20 +404,7 @@ def _fused_forward(token_loss, chunk_size, entropy_grad, hidden, unembed, target
 
     def body(dw, x):
         h, tg, a = x
-        logits = jnp.einsum("BCD,DV->BCV", h, unembed, preferred_element_type=jnp.float32)
-        # Few passes over the [B, C, V] block: the max, exp for the normaliser, and E_p[z] as a contraction
-        # over V (an einsum, not sum(e * z): XLA:CPU runs that multiply-reduce ~20x slower than a dot).
-        m = jnp.max(logits, axis=-1)
-        e = jnp.exp(logits - m[..., None])
-        sum_e = jnp.sum(e, axis=-1)
-        lse = m + jnp.log(sum_e)
-        mean_logit = jnp.einsum("BCV,BCV->BC", e, logits, preferred_element_type=jnp.float32) / sum_e  # E_p[z]
-        # The target's logit as its own dot product (a gather of V columns, not a pass over the logits;
-        # with the vocabulary sharded the gather stays local up to a [B, C] sum).
-        w_tg = jnp.take(unembed, tg, axis=1)  # [D,B,C]
-        target = jnp.einsum("BCD,DBC->BC", h, w_tg, preferred_element_type=jnp.float32)
-        logp = target - lse
-        ent = lse - mean_logit
+        logits, lse, logp, ent, mean_logit = _logit_stats(h, tg, unembed)
         probs = jnp.exp(logits - lse[..., None])
         hit = jnp.arange(logits.shape[-1], dtype=tg.dtype) == tg[..., None]
         # The loss is a sum of per-token terms, so d(loss)/d(logp, entropy) is known right here, and with
