@@ -33,35 +33,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
+import bench_models
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from justrl_jax.model.hf_io import load_hf_model
 from justrl_jax.sampler import Sampler, SamplerConfig
 from justrl_jax.sampling import Temperature
-
-
-def _hf_model(args):
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-    )
-    return transformers.Qwen2ForCausalLM(cfg).float().eval()
 
 
 class TorchGenerate:
@@ -70,7 +51,7 @@ class TorchGenerate:
 
         self.torch = torch
         self.model = model
-        self.ids = torch.as_tensor(prompts, dtype=torch.long)
+        self.ids = torch.as_tensor(prompts, dtype=torch.long, device=model.device)
         self.mask = torch.ones_like(self.ids)
         self.new_tokens = new_tokens
 
@@ -110,18 +91,22 @@ def _torch_useful_tokens(hf, prompts: np.ndarray, new_tokens: int, eos: int, bat
     useful, start = 0, time.perf_counter()
     with torch.no_grad():
         for lo in range(0, len(prompts), batch):
-            ids = torch.as_tensor(prompts[lo : lo + batch], dtype=torch.long)
-            out = hf.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=1.0,
-                top_p=1.0,
-                top_k=0,
-                max_new_tokens=new_tokens,
-                eos_token_id=eos,
-                pad_token_id=0,
-            )[:, ids.shape[1] :].numpy()
+            ids = torch.as_tensor(prompts[lo : lo + batch], dtype=torch.long, device=hf.device)
+            out = (
+                hf.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    temperature=1.0,
+                    top_p=1.0,
+                    top_k=0,
+                    max_new_tokens=new_tokens,
+                    eos_token_id=eos,
+                    pad_token_id=0,
+                )[:, ids.shape[1] :]
+                .cpu()
+                .numpy()
+            )
             hit = out == eos
             first = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, out.shape[1])  # EOS included
             useful += int(first.sum())
@@ -138,13 +123,14 @@ def longtail(args, hf, model, torch_threads: int) -> None:
         max_concurrent_rows=args.max_concurrent_rows,
         steps_per_call=args.steps_per_call,
         page_size=args.page_size,
+        attention_kernel=args.attention_kernel,
     )
     sampler = Sampler(model, config, eos_ids=(eos,), pad_id=0)
     prompts = np.random.default_rng(0).integers(1, args.vocab - 1, (args.rows, args.prompt)).astype(np.int32)
     mask = np.ones(prompts.shape, bool)
     print(
         f"longtail: jax {jax.devices()[0].platform}, torch {torch_threads} threads; vocab {args.vocab} (EOS id "
-        f"{eos}), hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} heads; fp32; "
+        f"{eos}), hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} heads; {args.dtype}; "
         f"{args.rows} rows of {args.prompt} prompt tokens, cap {args.new_tokens} new tokens, "
         f"{args.max_concurrent_rows} rows at once",
         flush=True,
@@ -176,6 +162,32 @@ def longtail(args, hf, model, torch_threads: int) -> None:
     print(f"ratio {(jax_useful / jax_s) / (torch_useful / torch_s):.2f} (justrl_jax / transformers useful tokens/s)")
 
 
+def _decode_line(args, sampler: Sampler, params, cfg) -> str:
+    """Decode alone (the last timed run's sampler stats): tokens/s and the HBM traffic it implies.
+
+    Every decode step reads the weights once and each live row's keys and values up to its position; the
+    bytes are counted from the shapes (a lower bound on the traffic: activations and logits not counted).
+    """
+    st = sampler.stats
+    if not st.decode_seconds:
+        return "decode: no stats (waves scheduler)"
+    steps = st.decode_slot_steps / st.slots if st.slots else 0
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    kv_token = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(args.dtype).itemsize
+    mean_context = args.prompt + args.new_tokens / 2
+    traffic = steps * weight_bytes + st.decode_tokens * mean_context * kv_token
+    line = (
+        f"decode {st.decode_tokens / st.decode_seconds:,.0f} tokens/s ({st.decode_tokens} tokens, {steps:.0f} steps "
+        f"in {st.decode_seconds:.2f} s = {1e3 * st.decode_seconds / max(steps, 1):.2f} ms/step; prefill "
+        f"{st.prefill_seconds:.2f} s); weights {weight_bytes / 1e9:.2f} GB + KV read -> "
+        f"{traffic / st.decode_seconds / 1e9:,.0f} GB/s"
+    )
+    peaks = bench_models.datasheet()
+    if peaks is not None:
+        line += f" = {traffic / st.decode_seconds / peaks['hbm']:.2f} of the datasheet's {peaks['hbm'] / 1e12:.1f} TB/s"
+    return line
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", choices=("fixed", "longtail"), default="fixed")
@@ -196,17 +208,28 @@ def main():
     ap.add_argument("--steps-per-call", type=int, default=16, help="justrl_jax decode steps per device call")
     ap.add_argument("--page-size", type=int, default=SamplerConfig.page_size, help="tokens per KV page")
     ap.add_argument("--skip-transformers", action="store_true", help="(longtail) time justrl_jax only")
+    ap.add_argument(
+        "--attention-kernel", default=SamplerConfig.attention_kernel, help="justrl_jax paged decode attention"
+    )
+    ap.add_argument(
+        "--param-dtype",
+        choices=bench_models.DTYPES,
+        default="float32",
+        help="justrl_jax: dtype the sampler's weights are stored in (the RL loop hands it its fp32 master weights)",
+    )
+    bench_models.add_model_args(ap)
     args = ap.parse_args()
+    bench_models.apply_preset(args)
     longtail_run = args.workload == "longtail"
     args.vocab = args.vocab or (330 if longtail_run else 32000)
     args.new_tokens = args.new_tokens or (1024 if longtail_run else 128)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is first imported (see the docstring)
     import torch
 
-    hf = _hf_model(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        model = load_hf_model(tmp)  # the very same weights, through the HF importer
+    hf = bench_models.hf_model(args, args.prompt + args.new_tokens)
+    # The very same weights, through the HF importer; then the peer runs as users run it in that dtype.
+    model = bench_models.jax_model(hf, compute_dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype))
+    hf = hf.to(getattr(torch, args.dtype)).eval()
     if longtail_run:
         longtail(args, hf, model, torch.get_num_threads())
         return
@@ -221,6 +244,7 @@ def main():
             scheduler=args.scheduler,
             steps_per_call=args.steps_per_call,
             page_size=args.page_size,
+            attention_kernel=args.attention_kernel,
         ),
         eos_ids=(),
         pad_id=0,
@@ -228,7 +252,8 @@ def main():
     print(
         f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
         f"vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} heads, "
-        f"mlp {args.mlp}; fp32; {args.prompt} prompt + {args.new_tokens} new tokens, sampling at T=1, no EOS; "
+        f"mlp {args.mlp}; {args.dtype} (justrl_jax weights stored in {args.param_dtype}); transformers on "
+        f"{hf.device}; {args.prompt} prompt + {args.new_tokens} new tokens, sampling at T=1, no EOS; "
         f"{args.scheduler} scheduler"
     )
 
@@ -258,6 +283,7 @@ def main():
             f"ratio {rate['justrl_jax'] / rate['transformers']:.2f}",
             flush=True,
         )
+        print(f"batch {batch:4d}: {_decode_line(args, sampler, params, model.config)}", flush=True)
 
 
 if __name__ == "__main__":

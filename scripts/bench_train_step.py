@@ -25,42 +25,26 @@ the memory plan's estimate for this workload).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import statistics
-import tempfile
 import time
 
+import bench_models
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import transformers
 
 from justrl_jax.losses import LossConfig
-from justrl_jax.model.hf_io import load_hf_model
-from justrl_jax.model.qwen2 import positions_from_mask
+from justrl_jax.model.construct import create_model
+from justrl_jax.model.qwen2 import Qwen2Config, positions_from_mask
 from justrl_jax.optim import OptimConfig
 from justrl_jax.packing import pack_train_batch, place_sequences
 from justrl_jax.train_step import TrainBatch, TrainConfig, init_train_state, make_train_step
 
 # Measure the product as users run it: the logits chunk defaults to TrainConfig's own default.
 PRODUCT_CHUNK = TrainConfig.__dataclass_fields__["logp_chunk_size"].default
-
-
-def _hf_model(args) -> transformers.Qwen2ForCausalLM:
-    torch.manual_seed(0)  # the same seed every time: identical weights for every variant
-    cfg = transformers.Qwen2Config(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=max(4096, args.seq),
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-    )
-    return transformers.Qwen2ForCausalLM(cfg).float().train()
 
 
 def _batch(args, rng):
@@ -78,8 +62,8 @@ def _batch(args, rng):
 class TorchStep:
     """transformers Qwen2ForCausalLM + torch AdamW + clip_grad_norm_, GRPO token loss or plain CE."""
 
-    def __init__(self, args, optim: OptimConfig, loss: LossConfig, batch, grpo: bool):
-        self.model = _hf_model(args)
+    def __init__(self, args, hf, optim: OptimConfig, loss: LossConfig, batch, grpo: bool):
+        self.model = hf.train()
         self.opt = torch.optim.AdamW(
             self.model.parameters(),
             lr=optim.lr,
@@ -88,14 +72,20 @@ class TorchStep:
             weight_decay=optim.weight_decay,
         )
         tokens, attn, loss_mask, adv, old = batch
-        self.tokens = torch.as_tensor(tokens, dtype=torch.long)
-        self.attn = torch.as_tensor(attn).long()
-        self.loss_mask, self.adv, self.old = (torch.tensor(x) for x in (loss_mask, adv, old))
+        device = bench_models.torch_device()
+        self.tokens = torch.as_tensor(tokens, dtype=torch.long, device=device)
+        self.attn = torch.as_tensor(attn, device=device).long()
+        self.loss_mask, self.adv, self.old = (torch.tensor(x, device=device) for x in (loss_mask, adv, old))
         self.loss, self.grpo, self.clip = loss, grpo, optim.grad_clip
+        # bf16: autocast over fp32 master weights, as the recipe's FSDP mixed precision (and justrl_jax's).
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16" else contextlib.nullcontext()
+        )
 
     def __call__(self) -> float:
         self.opt.zero_grad(set_to_none=True)
-        logits = self.model(input_ids=self.tokens, attention_mask=self.attn).logits  # [N, S, V] fp32
+        with self.autocast:
+            logits = self.model(input_ids=self.tokens, attention_mask=self.attn).logits.float()  # [N, S, V]
         if self.grpo:
             logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, self.tokens[:, 1:, None])[..., 0]
             ratio = torch.exp(logp - self.old[:, 1:])
@@ -118,10 +108,12 @@ class TorchStep:
 class JaxStep:
     """justrl_jax's jitted train step (one mini-batch = one optimizer update) on the same weights."""
 
-    def __init__(self, args, optim: OptimConfig, loss: LossConfig, batch):
-        with tempfile.TemporaryDirectory() as tmp:
-            _hf_model(args).save_pretrained(tmp)
-            model = load_hf_model(tmp)  # the very same weights, through the HF importer
+    def __init__(self, args, hf, optim: OptimConfig, loss: LossConfig, batch):
+        compute = jnp.dtype(args.dtype)
+        if hf is None:  # no peer: justrl_jax's own random init (a 1.5B model needs no torch copy)
+            model = create_model(_config(args), compute_dtype=compute)
+        else:  # the very same weights as the peer, through the HF importer
+            model = bench_models.jax_model(hf, compute_dtype=compute)
         model.attention = args.attention
         cfg = TrainConfig(
             loss=loss,
@@ -179,6 +171,20 @@ def _packed(args, cfg: TrainConfig, batch) -> TrainBatch:
     return jax.tree.map(jnp.asarray, packed.replace(old_logps=packed_old))
 
 
+def _config(args) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        head_dim=args.hidden // args.heads,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=max(4096, args.seq),
+    )
+
+
 def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
@@ -212,7 +218,9 @@ def main():
     ap.add_argument("--attention", default="auto", help="justrl_jax model.attention")
     ap.add_argument("--pack", action="store_true", help="justrl_jax: pack the rows (train.max_tokens_per_row)")
     ap.add_argument("--micro-tokens", type=int, default=None, help="justrl_jax train.micro_batch_tokens")
+    bench_models.add_model_args(ap)
     args = ap.parse_args()
+    bench_models.apply_preset(args)
     if args.lengths:
         args.lengths = [int(x) for x in args.lengths.split(",")]
         if len(args.lengths) != args.batch:
@@ -230,15 +238,17 @@ def main():
         f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.get_num_threads()} threads; "
         f"{args.batch} rows of {args.prompt} + {min(args.lengths)}..{max(args.lengths)} tokens "
         f"({tokens_per_step} in all); vocab {args.vocab}, hidden {args.hidden}, "
-        f"{args.layers} layers, {args.heads}/{args.kv_heads} heads, mlp {args.mlp}; fp32"
+        f"{args.layers} layers, {args.heads}/{args.kv_heads} heads, mlp {args.mlp}; {args.dtype} "
+        f"(master weights fp32); peer on {'none' if args.no_peer else bench_models.torch_device()}"
     )
     print(f"baseline_rss_gib={_rss_gib():.3f}  (peak resident memory before any model is built)")
 
-    variants = {"justrl_jax GRPO": JaxStep(args, optim, loss, batch)}
+    hf = None if args.no_peer else bench_models.hf_model(args, args.seq)
+    variants = {"justrl_jax GRPO": JaxStep(args, hf, optim, loss, batch)}
     print(f"pre_step_rss_gib={_rss_gib():.3f}  (peak resident memory with the JAX state built, before its first step)")
     if not args.no_peer:
-        variants["pytorch GRPO"] = TorchStep(args, optim, loss, batch, grpo=True)
-        variants["pytorch plain CE"] = TorchStep(args, optim, loss, batch, grpo=False)
+        variants["pytorch GRPO"] = TorchStep(args, hf, optim, loss, batch, grpo=True)
+        variants["pytorch plain CE"] = TorchStep(args, bench_models.hf_model(args, args.seq), optim, loss, batch, False)
     for name, fn in variants.items():  # first call: compile (JAX) / warm-up; the losses must agree
         t0 = time.perf_counter()
         first = fn()
@@ -257,7 +267,10 @@ def main():
         f"(justrl_jax: logp chunk {args.chunk}{chunk_note}, remat {args.remat}, attention {args.attention}, "
         f"packed {args.pack}, prompt logits {'computed' if args.score_prompt else 'skipped'})"
     )
-    print(f"step_s={med['justrl_jax GRPO']:.3f}")
+    print(f"step_s={med['justrl_jax GRPO']:.3f}  tokens_per_s={tokens_per_step / med['justrl_jax GRPO']:.0f}")
+    scored = sum(args.lengths) if not args.score_prompt else tokens_per_step
+    flops = bench_models.train_flops(_config(args), [args.prompt + n for n in args.lengths], scored)
+    print(bench_models.mfu_line(flops, med["justrl_jax GRPO"], args.dtype))
     if not args.no_peer:
         print(f"ratio {med['justrl_jax GRPO'] / med['pytorch GRPO']:.3f}  (justrl_jax / pytorch, same GRPO loss)")
 

@@ -56,6 +56,19 @@ def test_pallas_gpu_kernel_in_interpret_mode_equals_the_pure_jax_path():
     np.testing.assert_allclose(got, want, atol=2e-6)
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the compiled Pallas GPU kernel needs a GPU")
+@pytest.mark.parametrize("dtype, atol", [(jnp.float32, 1e-2), (jnp.bfloat16, 3e-2)])
+def test_pallas_gpu_kernel_compiled_equals_the_pure_jax_path(dtype, atol):
+    # Compiled (Triton) rather than interpreted: the kernel the sampler's "auto" picks on a GPU. Matmuls on
+    # the GPU run in TF32 by default, hence fp32's tolerance.
+    q, k_pages, v_pages, lengths, table = _inputs(dtype)
+    want = paged_decode_attention(q, k_pages, v_pages, lengths, table, kernel="jax").astype(jnp.float32)
+    got = paged_decode_attention(q, k_pages, v_pages, lengths, table, kernel="pallas_gpu")
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=atol)
+    wrong = paged_decode_attention(q, k_pages, v_pages, lengths, table[::-1], kernel="pallas_gpu")
+    assert float(jnp.max(jnp.abs(wrong.astype(jnp.float32) - want))) > 0.1
+
+
 def test_pallas_tpu_kernel_in_interpret_mode_equals_the_pure_jax_path():
     # The TPU interpreter rounds matmul operands to bf16 (a one-token row returns its value rounded to bf16),
     # so the inputs are bf16 and the tolerance is bf16's.
