@@ -124,6 +124,7 @@ class MemoryPlan:
     total_params: int
     device_memory: int | None
     kv_pages_per_device: int = 0  # pages of this device's data shard's pool (its concurrent rows at full length)
+    rollout_weights_per_device: int = 0  # the weights in the compute dtype, for decoding (sampler.decode_weights)
     kv_page_size: int = 128
     concurrent_rows_per_device: int = 0
 
@@ -133,7 +134,12 @@ class MemoryPlan:
 
     @property
     def generation_peak(self) -> int:
-        return self.params_per_device + self.optimizer_per_device + self.kv_cache_per_device
+        return (
+            self.params_per_device
+            + self.optimizer_per_device
+            + self.rollout_weights_per_device
+            + self.kv_cache_per_device
+        )
 
     @property
     def peak(self) -> int:
@@ -147,6 +153,7 @@ class MemoryPlan:
             ("parameters (fp32)", self.params_per_device),
             ("gradients (fp32)", self.grads_per_device),
             ("AdamW moments (2 x fp32)", self.optimizer_per_device),
+            ("weights for decoding (compute dtype)", self.rollout_weights_per_device),
             (
                 f"KV cache ({self.concurrent_rows_per_device} rows at once x "
                 f"{self.kv_pages_per_device // max(self.concurrent_rows_per_device, 1)} pages of "
@@ -198,6 +205,10 @@ def plan_memory(
     fsdp, tensor = mesh.resolve(num_devices)
     params, total = sharded_param_bytes(config, mesh, num_devices, inputs.param_bytes)
     fp32_params = params // inputs.param_bytes * 4
+    # The sampler decodes from a copy of the weights in the compute dtype when that is narrower.
+    rollout_weights = (
+        params // inputs.param_bytes * inputs.compute_bytes if inputs.compute_bytes < inputs.param_bytes else 0
+    )
 
     # KV cache, in pages (the continuous sampler's pool): each fsdp (data) shard has its own slots and its own
     # pool, which only its devices hold (justrl_jax.page_pool), so a device counts its shard's rows; KV heads
@@ -216,7 +227,7 @@ def plan_memory(
     if waves == 0:
         waves = 1
         if device is not None:  # as few turns as leave the cache room beside params and optimizer
-            room = DEVICE_MEMORY[device] - 4 * fp32_params
+            room = DEVICE_MEMORY[device] - 4 * fp32_params - rollout_weights
             waves = max(1, math.ceil(seqs_total * per_seq / room)) if room > per_seq else seqs_total
     concurrent = math.ceil(seqs_total / waves)
     waves = math.ceil(math.ceil(inputs.rollout_sequences / fsdp) / concurrent)
@@ -250,6 +261,7 @@ def plan_memory(
         grads_per_device=fp32_params,
         optimizer_per_device=2 * fp32_params,
         kv_cache_per_device=kv,
+        rollout_weights_per_device=rollout_weights,
         sampler_waves=waves,
         kv_pages_per_device=concurrent * row_pages,
         kv_page_size=inputs.page_size,

@@ -10,7 +10,7 @@ from flax import nnx
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.model.kv_cache import KVCache
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
-from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig, plan_waves, reshard_params
+from justrl_jax.sampler import FinishReason, Sampler, SamplerConfig, decode_weights, plan_waves, reshard_params
 from justrl_jax.sampling import Greedy, Temperature
 from justrl_jax.sharding import make_mesh
 
@@ -145,6 +145,33 @@ def test_reshard_params_is_the_identity_on_the_training_layout(model):
     for x, s in zip(jax.tree.leaves(moved), target, strict=True):
         assert x.sharding.is_equivalent_to(s, x.ndim)
     assert reshard_params(local, None) is local
+
+
+def test_decode_weights_are_the_master_weights_in_the_compute_dtype_in_place(model):
+    mesh = make_mesh("2x2", jax.devices()[:4])
+    local = nnx.state(model, nnx.Param)
+    placed = jax.device_put(local, state_shardings(local, mesh))
+    assert decode_weights(placed, jnp.float32) is placed  # nothing narrower to read: no copy
+    cast = decode_weights(placed, jnp.bfloat16)
+    for x, y in zip(jax.tree.leaves(cast), jax.tree.leaves(placed), strict=True):
+        assert x.dtype == jnp.bfloat16 and x.sharding.is_equivalent_to(y.sharding, y.ndim)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y.astype(jnp.bfloat16)))
+
+
+def test_bf16_rollouts_from_fp32_master_weights_equal_those_from_bf16_weights():
+    # The model casts each weight to the compute dtype where it uses it, so sampling from the fp32 master
+    # weights (what the RL loop hands over) and from the same weights stored in bf16 must agree exactly.
+    def build(param_dtype):
+        return Qwen2(CFG, rngs=nnx.Rngs(4), param_dtype=param_dtype, compute_dtype=jnp.bfloat16)
+
+    master, stored = build(jnp.float32), build(jnp.bfloat16)
+    nnx.update(stored, decode_weights(nnx.state(master, nnx.Param), jnp.bfloat16))
+    ids, mask = _prompts([3, 7, 5], 8)
+    sampler = Sampler(master, SamplerConfig(max_new_tokens=NEW, strategy=Temperature(1.0)), eos_ids=(), pad_id=0)
+    a = sampler.generate(master, ids, mask, n=2, key=3, logprobs=True)
+    b = sampler.generate(stored, ids, mask, n=2, key=3, logprobs=True)
+    np.testing.assert_array_equal(a.completion_ids, b.completion_ids)
+    np.testing.assert_array_equal(np.asarray(a.logprobs), np.asarray(b.logprobs))
 
 
 @pytest.mark.parametrize(
