@@ -172,7 +172,10 @@ def _decode_line(args, sampler: Sampler, params, cfg) -> str:
     if not st.decode_seconds:
         return "decode: no stats (waves scheduler)"
     steps = st.decode_slot_steps / st.slots if st.slots else 0
-    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    # What a step reads: the weights as the sampler decodes from them (sampler.decode_weights: in the
+    # compute dtype where that is narrower than the stored dtype).
+    compute = jnp.dtype(args.dtype).itemsize
+    weight_bytes = sum(x.size * min(x.dtype.itemsize, compute) for x in jax.tree.leaves(params))
     kv_token = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(args.dtype).itemsize
     mean_context = args.prompt + args.new_tokens / 2
     traffic = steps * weight_bytes + st.decode_tokens * mean_context * kv_token
