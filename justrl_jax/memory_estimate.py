@@ -252,6 +252,10 @@ def plan_memory(
         saved += config.num_layers * t * heads * (config.head_dim * inputs.compute_bytes + 4)
     else:  # fused kernels: tiles in on-chip memory; the log-sum-exp per query stays
         attention = rows * heads * w * 4
+        if impl == "cudnn":
+            # jax.nn.dot_product_attention takes segments only as a dense mask, which it turns into an additive
+            # bias: a bool and a compute-dtype [rows, 1, T, S] array per layer call (attention.cudnn_attention).
+            attention += rows * w * w * (1 + inputs.compute_bytes)
     vocab = config.vocab_size // tensor if config.vocab_size % tensor == 0 else config.vocab_size
     logits = rows * min(inputs.logp_chunk_tokens, w) * vocab * 4 * 3
     live = min(inputs.live_layers, config.num_layers) * (2 * layer + attention)  # forward values and gradients

@@ -107,6 +107,26 @@ def test_packed_rows_and_the_attention_choice_are_counted():
         PlanInputs(attention="flash")
 
 
+def test_a_gpu_plan_counts_the_weights_decoding_reads_and_cudnns_dense_mask():
+    config, mesh = Qwen2Config(), MeshConfig.parse("1x1")
+    plan = plan_memory(config, mesh, 1, PlanInputs(), device="h200")
+    # bf16 compute over fp32 master weights: the sampler decodes from a bf16 copy (sampler.decode_weights)
+    assert plan.rollout_weights_per_device == plan.params_per_device // 2
+    assert plan.generation_peak == (
+        plan.params_per_device + plan.optimizer_per_device + plan.rollout_weights_per_device + plan.kv_cache_per_device
+    )
+    assert plan_memory(config, mesh, 1, PlanInputs(compute_bytes=4)).rollout_weights_per_device == 0
+
+    def activations(tokens, attention):
+        inputs = PlanInputs(packed_row_tokens=tokens, micro_batch_tokens=tokens, attention=attention)
+        return plan_memory(config, mesh, 1, inputs, device="h200").activations_per_device
+
+    # auto on a GPU in bf16 is cudnn, whose [rows, 1, T, S] bool mask and bf16 bias grow with the row's square
+    assert activations(16384, "auto") == activations(16384, "cudnn")
+    quadratic = 16384**2 * 3
+    assert activations(16384, "cudnn") - activations(16384, "splash") == quadratic
+
+
 def test_refusal_names_the_token_budget():
     from justrl_jax.memory_estimate import advice
 
