@@ -24,6 +24,8 @@ slot, the query's own included); page_table [B, nb] int32 page ids. Returns [B, 
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -121,9 +123,19 @@ def _splits(pages: int, most: int) -> int:
     return max(d for d in range(1, min(pages, most) + 1) if pages % d == 0)
 
 
-def _attend_pallas_gpu(q, k_pages, v_pages, lengths, page_table, interpret):
-    from jax.experimental.pallas.ops.gpu import paged_attention as gpu_paged
+def _gpu_paged_module():
+    """jax 0.11 deprecates the Pallas Triton ops under ``jax.experimental.pallas.ops.gpu`` (this module warns on
+    import; its kernel is the same code as in 0.10; the changelog points to tokamax "if available"). That one
+    warning is silenced so it does not show in every GPU run's log; any other warning still shows."""
+    deprecated = r"jax\.experimental\.pallas\.ops\.gpu\.paged_attention is deprecated"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", deprecated, DeprecationWarning)
+        from jax.experimental.pallas.ops.gpu import paged_attention as gpu_paged
+    return gpu_paged
 
+
+def _attend_pallas_gpu(q, k_pages, v_pages, lengths, page_table, interpret):
+    gpu_paged = _gpu_paged_module()
     nb = page_table.shape[1]
     k_splits = _splits(nb, 16)
     per_split = nb // k_splits
