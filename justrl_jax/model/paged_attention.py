@@ -5,13 +5,14 @@ One interface, several implementations (``kernel=``):
 * ``"jax"``: pure JAX, any backend: flash decoding over blocks of page columns (online softmax in fp32), in
   groups of rows, each group up to its longest row's page only (a dynamic loop bound, so one program serves
   every length).
-* ``"pallas_gpu"``: ``jax.experimental.pallas.ops.gpu.paged_attention`` (split-K flash decoding).
+* ``"pallas_gpu"``: ``jax.experimental.pallas.ops.gpu.paged_attention`` (split-K flash decoding; a Triton
+  kernel, deprecated in jax 0.11 with the rest of the Pallas Triton ops; its code there is that of 0.10.2).
 * ``"pallas_tpu"``: ``jax.experimental.pallas.ops.tpu.paged_attention``.
 * ``"pallas_tpu_ragged"``: ``jax.experimental.pallas.ops.tpu.ragged_paged_attention`` with one query per
   sequence; it wants keys and values interleaved in one page array, built here per call (a serving path
-  would store that layout directly). Its interpret mode fails on CPU in jax 0.10.2 (the TPU interpreter
-  has no ``ReshapeTransform``), so only its argument layout is tested, against the kernel module's own
-  ``ref_ragged_paged_attention``.
+  would store that layout directly). Its interpret mode fails on CPU in jax 0.10.2 and 0.11.2 (the TPU
+  interpreter has no ``ReshapeTransform``), so only its argument layout is tested, against the kernel module's
+  own ``ref_ragged_paged_attention``.
 * ``"auto"``: ``pallas_gpu`` on GPU, ``pallas_tpu`` on TPU, ``jax`` elsewhere.
 
 The kernels take a pre-scaled query (they apply no ``1/sqrt(H)``); the pure-JAX path scales the fp32
