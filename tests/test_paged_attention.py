@@ -49,6 +49,7 @@ def test_row_groups_change_nothing_whatever_the_row_order(row_group):
         np.testing.assert_allclose(got, want[order], atol=1e-6)
 
 
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # jax 0.11 deprecates the kernel module: no warning from us
 def test_pallas_gpu_kernel_in_interpret_mode_equals_the_pure_jax_path():
     q, k_pages, v_pages, lengths, table = _inputs()
     with jax.default_matmul_precision("highest"):  # exact fp32 on any backend (a GPU would use TF32)

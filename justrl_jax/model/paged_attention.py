@@ -5,13 +5,14 @@ One interface, several implementations (``kernel=``):
 * ``"jax"``: pure JAX, any backend: flash decoding over blocks of page columns (online softmax in fp32), in
   groups of rows, each group up to its longest row's page only (a dynamic loop bound, so one program serves
   every length).
-* ``"pallas_gpu"``: ``jax.experimental.pallas.ops.gpu.paged_attention`` (split-K flash decoding).
+* ``"pallas_gpu"``: ``jax.experimental.pallas.ops.gpu.paged_attention`` (split-K flash decoding; a Triton
+  kernel, deprecated in jax 0.11 with the rest of the Pallas Triton ops; its code there is that of 0.10.2).
 * ``"pallas_tpu"``: ``jax.experimental.pallas.ops.tpu.paged_attention``.
 * ``"pallas_tpu_ragged"``: ``jax.experimental.pallas.ops.tpu.ragged_paged_attention`` with one query per
   sequence; it wants keys and values interleaved in one page array, built here per call (a serving path
-  would store that layout directly). Its interpret mode fails on CPU in jax 0.10.2 (the TPU interpreter
-  has no ``ReshapeTransform``), so only its argument layout is tested, against the kernel module's own
-  ``ref_ragged_paged_attention``.
+  would store that layout directly). Its interpret mode fails on CPU in jax 0.10.2 and 0.11.2 (the TPU
+  interpreter has no ``ReshapeTransform``), so only its argument layout is tested, against the kernel module's
+  own ``ref_ragged_paged_attention``.
 * ``"auto"``: ``pallas_gpu`` on GPU, ``pallas_tpu`` on TPU, ``jax`` elsewhere.
 
 The kernels take a pre-scaled query (they apply no ``1/sqrt(H)``); the pure-JAX path scales the fp32
@@ -23,6 +24,8 @@ slot, the query's own included); page_table [B, nb] int32 page ids. Returns [B, 
 """
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -121,9 +124,19 @@ def _splits(pages: int, most: int) -> int:
     return max(d for d in range(1, min(pages, most) + 1) if pages % d == 0)
 
 
-def _attend_pallas_gpu(q, k_pages, v_pages, lengths, page_table, interpret):
-    from jax.experimental.pallas.ops.gpu import paged_attention as gpu_paged
+def _gpu_paged_module():
+    """jax 0.11 deprecates the Pallas Triton ops under ``jax.experimental.pallas.ops.gpu`` (this module warns on
+    import; its kernel is the same code as in 0.10; the changelog points to tokamax "if available"). That one
+    warning is silenced so it does not show in every GPU run's log; any other warning still shows."""
+    deprecated = r"jax\.experimental\.pallas\.ops\.gpu\.paged_attention is deprecated"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", deprecated, DeprecationWarning)
+        from jax.experimental.pallas.ops.gpu import paged_attention as gpu_paged
+    return gpu_paged
 
+
+def _attend_pallas_gpu(q, k_pages, v_pages, lengths, page_table, interpret):
+    gpu_paged = _gpu_paged_module()
     nb = page_table.shape[1]
     k_splits = _splits(nb, 16)
     per_split = nb // k_splits
