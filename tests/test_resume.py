@@ -31,7 +31,7 @@ from justrl_jax.run_config import load_run_config
 pytestmark = pytest.mark.slow  # RL runs of the real CLI, killed and resumed
 
 STEPS = 6
-TIMEOUT_S = 300
+TIMEOUT_S = 1800  # a guard against a hang only (each wait is for a state): a loaded machine can take many minutes
 
 
 def _env(cache_dir: Path) -> dict:
