@@ -34,7 +34,7 @@ from justrl_jax.storage import download_dir, run_path
 pytestmark = pytest.mark.slow  # two RL runs of the real CLI, one killed and resumed
 
 STEPS = 5
-TIMEOUT_S = 300
+TIMEOUT_S = 1800  # a guard against a hang only (each wait is for a state): a loaded machine can take many minutes
 
 
 def _env(cache_dir) -> dict:

@@ -1,6 +1,7 @@
 """``python -m justrl_jax.generate``: greedy tokens equal transformers' generate; bad input names its line."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,14 +16,16 @@ from justrl_jax.model.tiny_tokenizer import ChatStyle, save_tiny_tokenizer
 pytestmark = pytest.mark.slow  # the CLI end to end, in subprocesses and in-process
 
 
-def _run(*args, devices: int = 1):
-    flags = "" if devices == 1 else f"--xla_force_host_platform_device_count={devices}"
+TIMEOUT_S = 1800  # a guard against a hang only: a loaded machine can take minutes
+
+
+def _run(*args):
     return subprocess.run(
         [sys.executable, "-m", "justrl_jax.generate", *args],
         capture_output=True,
         text=True,
-        timeout=300,
-        env={**__import__("os").environ, "XLA_FLAGS": flags},
+        timeout=TIMEOUT_S,
+        env={**os.environ, "XLA_FLAGS": ""},
     )
 
 
@@ -66,7 +69,9 @@ def test_greedy_cli_equals_transformers(tmp_path):
         assert np.isfinite(sample["logprobs"]).all()
 
 
-def test_greedy_cli_with_rows_ending_apart_and_slots_reused_equals_transformers(tmp_path):
+def test_greedy_cli_with_rows_ending_apart_and_slots_reused_equals_transformers(tmp_path, capsys):
+    from justrl_jax.generate import main
+
     path, ref = make_hf_qwen2(tmp_path / "hf", vocab=448, hidden=64, heads=4, kv_heads=2, seed=7)
     save_tiny_tokenizer(ChatStyle.DEEPSEEK, path)
     rng = np.random.default_rng(3)
@@ -92,12 +97,12 @@ def test_greedy_cli_with_rows_ending_apart_and_slots_reused_equals_transformers(
     lines = [json.dumps({"prompt_ids": p, "id": i}) + "\n" for i, p in enumerate(prompts)]
     (tmp_path / "p.jsonl").write_text("".join(lines))
     out = tmp_path / "out.jsonl"
-    res = _run(
+    capsys.readouterr()
+    assert main([
         "--model", str(path), "--prompts", str(tmp_path / "p.jsonl"), "--output", str(out), "--greedy",
         "--max-new-tokens", str(new), "--max-concurrent-rows", "2", "--steps-per-call", "3", "--prompt-bucket", "4",
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    assert "2 slots" in res.stderr
+    ]) == 0  # fmt: skip
+    assert "2 slots" in capsys.readouterr().err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(len(prompts)))  # input order
     for row, want in zip(rows, expected, strict=True):
@@ -106,25 +111,44 @@ def test_greedy_cli_with_rows_ending_apart_and_slots_reused_equals_transformers(
         assert sample["finish_reason"] == ("stop" if want[-1] in eos else "length")
 
 
-@pytest.mark.parametrize("scheduler", ["continuous", "waves"])
-def test_mesh_cli_with_rows_not_a_multiple_of_the_data_axis_equals_one_device(tmp_path, scheduler):
-    path, _ = make_hf_qwen2(tmp_path / "hf", vocab=448, hidden=64, heads=4, kv_heads=2, seed=9)
+SCHEDULERS = ("continuous", "waves")
+
+
+@pytest.fixture(scope="module")
+def mesh_case(tmp_path_factory):
+    """A model, 3 prompts x n=3 (9 sampled rows over 4 data shards), and the CLI's output on a 4x1 mesh with
+    each scheduler: both runs in one 4-device process (``main`` as ``python -m`` calls it; one JAX start)."""
+    root = tmp_path_factory.mktemp("mesh_cli")
+    path, _ = make_hf_qwen2(root / "hf", vocab=448, hidden=64, heads=4, kv_heads=2, seed=9)
     save_tiny_tokenizer(ChatStyle.DEEPSEEK, path)
     rng = np.random.default_rng(4)
     prompts = [rng.integers(1, 448, size=n).tolist() for n in (3, 8, 5)]
-    lines = [json.dumps({"prompt_ids": p, "id": i}) + "\n" for i, p in enumerate(prompts)]
-    (tmp_path / "p.jsonl").write_text("".join(lines))
-    outs = {}
-    for mesh in (None, "4x1"):  # 3 prompts x n=3: 9 sampled rows over 4 data shards
-        outs[mesh] = tmp_path / f"out_{mesh}.jsonl"
-        mesh_args = () if mesh is None else ("--mesh", mesh)
-        res = _run(
-            "--model", str(path), "--prompts", str(tmp_path / "p.jsonl"), "--output", str(outs[mesh]), "--n", "3",
-            "--max-new-tokens", "8", "--prompt-bucket", "4", "--scheduler", scheduler, "--seed", "3", *mesh_args,
-            devices=1 if mesh is None else 4,
-        )  # fmt: skip
-        assert res.returncode == 0, res.stderr
-    one, sharded = ([json.loads(line) for line in outs[m].read_text().splitlines()] for m in (None, "4x1"))
+    (root / "p.jsonl").write_text("".join(json.dumps({"prompt_ids": p, "id": i}) + "\n" for i, p in enumerate(prompts)))
+    common = ["--model", str(path), "--prompts", str(root / "p.jsonl"), "--n", "3", "--max-new-tokens", "8"]
+    common += ["--prompt-bucket", "4", "--seed", "3"]
+    sharded = {s: root / f"out_4x1_{s}.jsonl" for s in SCHEDULERS}
+    argsets = [[*common, "--output", str(sharded[s]), "--scheduler", s, "--mesh", "4x1"] for s in SCHEDULERS]
+    script = "import json, sys\nfrom justrl_jax.generate import main\n"
+    script += "sys.exit(max([main(args) for args in json.loads(sys.argv[1])]))"
+    res = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(argsets)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
+    assert res.returncode == 0, res.stderr
+    return common, sharded
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_mesh_cli_with_rows_not_a_multiple_of_the_data_axis_equals_one_device(tmp_path, mesh_case, scheduler):
+    from justrl_jax.generate import main
+
+    common, outputs = mesh_case
+    out = tmp_path / "out.jsonl"  # one device: this process's default device, no mesh
+    assert main([*common, "--output", str(out), "--scheduler", scheduler]) == 0
+    one, sharded = ([json.loads(line) for line in f.read_text().splitlines()] for f in (out, outputs[scheduler]))
     assert len(sharded) == 3 and all(len(row["samples"]) == 3 for row in sharded)
     for a, b in zip(one, sharded, strict=True):
         for x, y in zip(a["samples"], b["samples"], strict=True):

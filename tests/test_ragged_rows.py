@@ -2,6 +2,8 @@
 places over the data axis and drops the padding, so every row (tokens, lengths, finish, log-probs) is the
 one-device row, with either scheduler."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -33,6 +35,16 @@ def _generate(model, mesh, scheduler: str, prompts: int, n: int):
         return sampler.generate(model, ids[:prompts], mask[:prompts], n=n, key=7, logprobs=True)
 
 
+@pytest.fixture(scope="module")
+def one_device(model):
+    """The one-device rows of (prompts, n), made once for both schedulers' mesh runs: the static waves, which
+    compile a few programs where continuous batching compiles every prefill and decode bucket, and give the
+    same rows (test_continuous_batching checks that equality)."""
+    return functools.cache(
+        lambda prompts, n: _generate(model, make_mesh("1x1", devices=jax.devices()[:1]), "waves", prompts, n)
+    )
+
+
 _SLOW = pytest.mark.slow
 
 
@@ -45,8 +57,8 @@ _SLOW = pytest.mark.slow
         pytest.param("waves", 6, 3, marks=_SLOW),
     ],
 )
-def test_rows_not_a_multiple_of_the_data_axis_equal_one_device(model, scheduler, prompts, n):
-    one = _generate(model, make_mesh("1x1", devices=jax.devices()[:1]), scheduler, prompts, n)
+def test_rows_not_a_multiple_of_the_data_axis_equal_one_device(model, one_device, scheduler, prompts, n):
+    one = one_device(prompts, n)
     sharded = _generate(model, make_mesh("4x1", devices=jax.devices()[:4]), scheduler, prompts, n)
     rows = prompts * n
     assert sharded.completion_ids.shape == (rows, NEW) and sharded.logprobs.shape == (rows, NEW)

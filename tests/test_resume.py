@@ -28,10 +28,12 @@ from justrl_jax.model.source import load_policy
 from justrl_jax.rl_loop import RLRunner
 from justrl_jax.run_config import load_run_config
 
-pytestmark = pytest.mark.slow  # RL runs of the real CLI, killed and resumed
+# RL runs of the real CLI, killed and resumed. The module's runs (a fixture, timed with the first test) take
+# minutes on a loaded machine: the per-test limit (a hang guard) is as generous as the subprocess timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 STEPS = 6
-TIMEOUT_S = 300
+TIMEOUT_S = 1800  # a guard against a hang only (each wait is for a state): a loaded machine can take many minutes
 
 
 def _env(cache_dir: Path) -> dict:

@@ -19,7 +19,7 @@ from tiny_run import make_tiny_model_dir, read_jsonl, write_dapo_parquet
 from justrl_jax.checkpoint import complete_steps
 from justrl_jax.run_dir import LOCK_FILE, RunDirError, RunDirLock
 
-TIMEOUT_S = 300
+TIMEOUT_S = 1800  # a guard against a hang only (each wait is for a state): a loaded machine can take many minutes
 
 
 def _env() -> dict:
