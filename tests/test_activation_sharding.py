@@ -12,6 +12,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from justrl_jax.sharding import activation_mesh, batch_spec, constrain_logical, constrain_rows, make_mesh
@@ -53,6 +54,7 @@ print("COMPILED")
 """
 
 
+@pytest.mark.slow  # a subprocess compiling four sharded programs: ~20-40 s on 2 loaded cores
 def test_sharded_train_step_compiles_without_full_rematerialisation():
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
