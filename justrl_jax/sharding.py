@@ -18,8 +18,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -178,3 +180,37 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
     return axis_size(mesh, "batch")
+
+
+# The mesh the model's activations are laid out on while a sharded step is traced (None: no constraint).
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh | None) -> Iterator[None]:
+    """While tracing under this, :func:`constrain_rows` pins activations to the batch layout of ``mesh``
+    (``None``: it stays a no-op, as it is outside any such block, e.g. on one device or in the sampler)."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def constrain_rows(x):
+    """``x`` [B, ...] split by rows over the data-parallel axis, every other dimension whole, inside an
+    :func:`activation_mesh` block; unchanged otherwise (or when the rows do not divide).
+
+    Why: the parameters are split along ``embed`` over the same axis, and without an anchor XLA may let
+    the hidden states follow the weights (split along D); getting back to the row split is then a full
+    rematerialisation (jax 0.11's partitioner does this in RMSNorm's backward)."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None or x.shape[0] % axis_size(mesh, "batch"):
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, batch_spec(x.ndim)))
+
+
+def constrain_logical(x, axes: Sequence[str | None]):
+    """``x`` laid out by the logical ``axes`` inside an :func:`activation_mesh` block; unchanged otherwise."""
+    mesh = _ACTIVATION_MESH.get()
+    return x if mesh is None else jax.lax.with_sharding_constraint(x, logical_sharding(mesh, axes, x.shape))

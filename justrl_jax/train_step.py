@@ -46,7 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from justrl_jax.losses import LossAggregation, LossConfig, LossStats, fused_policy_loss, sequence_logps, target_logps
 from justrl_jax.model.construct import state_shardings
 from justrl_jax.optim import OptimConfig, learning_rate_at, make_optimizer, set_learning_rate
-from justrl_jax.sharding import data_parallel_size, mesh_axis_of, replicated
+from justrl_jax.sharding import activation_mesh, data_parallel_size, mesh_axis_of, replicated
 
 _BATCH_AXIS = mesh_axis_of("batch")  # the mesh axis the rules split rows over
 
@@ -343,7 +343,8 @@ def make_compute_logps(
 
     def scored(params, x: TrainBatch):
         model = _merge(graphdef, params, cfg)
-        hidden, _ = model(x.tokens, x.positions, x.attn_mask)
+        with activation_mesh(mesh):
+            hidden, _ = model(x.tokens, x.positions, x.attn_mask)
         if x.target_index is not None:  # packed rows: only the response positions are unembedded
             return target_logps(hidden, model.unembed(), x.tokens, x.target_index, cfg.logp_chunk_size)
         return sequence_logps(hidden, model.unembed(), x.tokens, cfg.logp_chunk_size, start=x.completion_start)
@@ -396,7 +397,8 @@ def make_train_step(
 
     def loss_fn(params, x: TrainBatch):
         model = _merge(graphdef, params, cfg)
-        hidden, _ = model(x.tokens, x.positions, x.attn_mask)
+        with activation_mesh(mesh):  # anchors the hidden states to the batch layout (see constrain_rows)
+            hidden, _ = model(x.tokens, x.positions, x.attn_mask)
         return fused_policy_loss(
             hidden,
             model.unembed(),

@@ -27,6 +27,7 @@ from flax import nnx
 from justrl_jax.model.attention import REMAT_POLICY, check_implementation, self_attention
 from justrl_jax.model.kv_cache import KVCache
 from justrl_jax.model.rope import apply_rope, rope_tables
+from justrl_jax.sharding import constrain_logical, constrain_rows
 
 _MASKED = -1e30  # finite, so a fully masked (padding) query row gives a harmless uniform average
 
@@ -205,9 +206,12 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
 
     def __call__(self, x, positions, segments, cache, layer: int, impl: str = "auto"):
+        # The residual stream keeps the batch layout (rows split, D whole) at each add: a no-op without a
+        # sharded step, see sharding.constrain_rows.
+        x = constrain_rows(x)
         h, cache = self.attn(self.input_norm(x), positions, segments, cache, layer, impl)
-        x = x + h
-        return x + self.mlp(self.post_attn_norm(x)), cache
+        x = constrain_rows(x + h)
+        return constrain_rows(x + self.mlp(self.post_attn_norm(x))), cache
 
 
 def _layer_forward(impl: str):
@@ -255,7 +259,11 @@ class Qwen2(nnx.Module):
     def __call__(self, tokens, positions, mask, cache: KVCache | None = None):
         """tokens, positions [B,T] int; mask [B,T] bool (valid tokens) or int segment ids (0 = padding)
         -> (hidden [B,T,D], updated cache or None)."""
-        x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.compute_dtype)  # [B,T,D]
+        # In a sharded step the table is gathered whole along D first (as ZeRO-3 does for any weight): its
+        # gradient, a scatter-add of row-split [B,T,D] updates, then needs no D-split copy of the updates
+        # (which jax 0.11's partitioner only makes by replicating them).
+        table = constrain_logical(self.embedding[...], ("vocab", None))
+        x = constrain_rows(jnp.take(table, tokens, axis=0).astype(self.compute_dtype))  # [B,T,D]
         segments = mask.astype(jnp.int32)
         mask = segments > 0
         impl = check_implementation(self.attention)
@@ -273,7 +281,7 @@ class Qwen2(nnx.Module):
                 mask=jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index)),
                 index=cache.index + t,
             )
-        return self.final_norm(x), cache
+        return constrain_rows(self.final_norm(constrain_rows(x))), cache
 
     def unembed(self) -> jnp.ndarray:
         """The [D, V] output matrix in the compute dtype (the embedding, transposed, when tied)."""
