@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from justrl_jax.model.construct import from_host_arrays
-from justrl_jax.model.hf_io import config_from_hf, hf_arrays_getter
+from justrl_jax.model.hf_io import config_from_hf, config_to_hf, hf_arrays_getter
 from justrl_jax.model.qwen2 import Qwen2, Qwen2Config
 
 # The shapes of the recipe's models (recipe.md: DeepSeek-R1-Distill-Qwen-1.5B; untied embeddings).
@@ -52,23 +52,29 @@ def torch_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def model_config(args, max_positions: int) -> Qwen2Config:
+    """The benchmark model's shape from the command line (after ``apply_preset``)."""
+    return Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        head_dim=args.hidden // args.heads,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=max(4096, max_positions),
+    )
+
+
 def hf_model(args, max_positions: int):
-    """A seeded random ``Qwen2ForCausalLM`` in fp32 on the peer's device (the same weights every call)."""
+    """A seeded random ``Qwen2ForCausalLM`` in fp32 on the peer's device (the same weights every call), of
+    :func:`model_config`'s shape, through the exporter's config mapping."""
     import torch
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=max(4096, max_positions),
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-    )
+    cfg = transformers.Qwen2Config.from_dict(config_to_hf(model_config(args, max_positions), "float32"))
     with torch.device(torch_device()):
         return transformers.Qwen2ForCausalLM(cfg).float()
 

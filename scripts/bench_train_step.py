@@ -38,7 +38,7 @@ import torch
 
 from justrl_jax.losses import LossConfig
 from justrl_jax.model.construct import create_model
-from justrl_jax.model.qwen2 import Qwen2Config, positions_from_mask
+from justrl_jax.model.qwen2 import positions_from_mask
 from justrl_jax.optim import OptimConfig
 from justrl_jax.packing import pack_train_batch, place_sequences
 from justrl_jax.train_step import TrainBatch, TrainConfig, init_train_state, make_train_step
@@ -111,7 +111,7 @@ class JaxStep:
     def __init__(self, args, hf, optim: OptimConfig, loss: LossConfig, batch):
         compute = jnp.dtype(args.dtype)
         if hf is None:  # no peer: justrl_jax's own random init (a 1.5B model needs no torch copy)
-            model = create_model(_config(args), compute_dtype=compute)
+            model = create_model(bench_models.model_config(args, args.seq), compute_dtype=compute)
         else:  # the very same weights as the peer, through the HF importer
             model = bench_models.jax_model(hf, compute_dtype=compute)
         model.attention = args.attention
@@ -169,20 +169,6 @@ def _packed(args, cfg: TrainConfig, batch) -> TrainBatch:
         packed_old[row, at : at + p + lengths[i]] = old[i, : p + lengths[i]]
     print(f"packed {args.batch} sequences into {packed.tokens.shape[0]} rows of {args.seq} tokens")
     return jax.tree.map(jnp.asarray, packed.replace(old_logps=packed_old))
-
-
-def _config(args) -> Qwen2Config:
-    return Qwen2Config(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.mlp,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.kv_heads,
-        head_dim=args.hidden // args.heads,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=max(4096, args.seq),
-    )
 
 
 def _rss_gib() -> float:
@@ -269,7 +255,8 @@ def main():
     )
     print(f"step_s={med['justrl_jax GRPO']:.3f}  tokens_per_s={tokens_per_step / med['justrl_jax GRPO']:.0f}")
     scored = sum(args.lengths) if not args.score_prompt else tokens_per_step
-    flops = bench_models.train_flops(_config(args), [args.prompt + n for n in args.lengths], scored)
+    config = bench_models.model_config(args, args.seq)
+    flops = bench_models.train_flops(config, [args.prompt + n for n in args.lengths], scored)
     print(bench_models.mfu_line(flops, med["justrl_jax GRPO"], args.dtype))
     if not args.no_peer:
         print(f"ratio {med['justrl_jax GRPO'] / med['pytorch GRPO']:.3f}  (justrl_jax / pytorch, same GRPO loss)")
