@@ -64,6 +64,11 @@ class TorchStep:
 
     def __init__(self, args, hf, optim: OptimConfig, loss: LossConfig, batch, grpo: bool):
         self.model = hf.train()
+        if args.remat:  # like for like: JustRL (verl) trains with gradient checkpointing on
+            if hasattr(self.model, "activation_checkpointing_enable"):  # the newer name (the old one warns)
+                self.model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable({"use_reentrant": False})
         self.opt = torch.optim.AdamW(
             self.model.parameters(),
             lr=optim.lr,
@@ -192,7 +197,12 @@ def main():
         default=PRODUCT_CHUNK,
         help=f"justrl_jax logp_chunk_size (default: the product's TrainConfig default, {PRODUCT_CHUNK})",
     )
-    ap.add_argument("--remat", action="store_true", help="per-layer rematerialisation on the JAX side")
+    ap.add_argument(
+        "--remat",
+        action="store_true",
+        help="per-layer rematerialisation on both sides (JustRL's gradient checkpointing; the peer through "
+        "transformers' gradient_checkpointing_enable)",
+    )
     ap.add_argument(
         "--score-prompt",
         action="store_true",
@@ -253,6 +263,11 @@ def main():
         f"(justrl_jax: logp chunk {args.chunk}{chunk_note}, remat {args.remat}, attention {args.attention}, "
         f"packed {args.pack}, prompt logits {'computed' if args.score_prompt else 'skipped'})"
     )
+    if hf is not None:
+        print(
+            f"(pytorch: transformers attention {hf.config._attn_implementation}, "
+            f"gradient checkpointing {args.remat}, logits of every position)"
+        )
     print(f"step_s={med['justrl_jax GRPO']:.3f}  tokens_per_s={tokens_per_step / med['justrl_jax GRPO']:.0f}")
     scored = sum(args.lengths) if not args.score_prompt else tokens_per_step
     config = bench_models.model_config(args, args.seq)
