@@ -95,6 +95,18 @@ def load_config(
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from e
 
 
+def add_override_flag(p: argparse.ArgumentParser, example: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` flag every command takes, into ``args.overrides``."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"dotted override, e.g. --set {example} (repeatable)",
+    )
+
+
 def add_shortcut_flags(p: argparse.ArgumentParser, shortcuts) -> None:
     """Adds ``shortcuts``, (flag or flags, dotted config key, type, help) rows: each flag stands for
     ``--set KEY=VALUE``, and a flag that is not given leaves the file's (or the default) value."""

@@ -30,7 +30,7 @@ import logging
 import sys
 from pathlib import Path
 
-from justrl_jax.config_io import add_shortcut_flags, given_shortcuts, load_config
+from justrl_jax.config_io import add_override_flag, add_shortcut_flags, given_shortcuts, load_config
 from justrl_jax.console import quiet_start
 from justrl_jax.output_file import check_output
 
@@ -74,14 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", default=None, help="YAML file of EvalConfig keys (benchmarks, n_samples, temperature, ...)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="e.g. --set top_k=20 or --set verifier.workers=8 (repeatable)",
-    )
+    add_override_flag(p, "top_k=20 or --set verifier.workers=8")
     add_shortcut_flags(p, _SHORTCUTS)
     p.add_argument(
         "--judge",

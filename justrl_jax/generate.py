@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-from justrl_jax.config_io import add_shortcut_flags, given_shortcuts, load_config
+from justrl_jax.config_io import add_override_flag, add_shortcut_flags, given_shortcuts, load_config
 from justrl_jax.console import quiet_start
 from justrl_jax.output_file import atomic_file, check_output
 from justrl_jax.sampling_settings import SamplingSettings
@@ -133,9 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--config", default=None, help="YAML file of GenerateConfig keys (temperature, n, ...)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set top_p=0.9"
-    )
+    add_override_flag(p, "top_p=0.9")
     add_shortcut_flags(p, _SHORTCUTS)
     p.add_argument("--mesh", default=None, help="e.g. 4x4; default: one device")
     return p

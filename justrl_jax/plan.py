@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from justrl_jax.config_io import add_override_flag
 from justrl_jax.console import quiet_start
 from justrl_jax.memory_estimate import DEVICE_MEMORY, advice, attention_for, plan_memory
 from justrl_jax.sharding import MeshConfig
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--mesh", required=True, help="e.g. 4x4 or fsdp=8,tensor=2")
     p.add_argument("--device", required=True, choices=sorted(DEVICE_MEMORY))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_override_flag(p, "train.micro_batch_tokens=16384")
     args = p.parse_args(argv)
 
     from justrl_jax.run_config import load_run_config

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 
+from justrl_jax.config_io import add_override_flag
 from justrl_jax.console import quiet_start
 
 
@@ -30,14 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML preset (default: configs/demo.yaml, the CPU demo)")
     p.add_argument("--mesh", default=None, help="'4x4' (fsdp x tensor) or 'fsdp=8,tensor=2'; default all fsdp")
     p.add_argument("--run-dir", default=None, help="checkpoints, metrics and logs (default runs/<config name>)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, e.g. --set rollout.max_new_tokens=4096 (repeatable)",
-    )
+    add_override_flag(p, "rollout.max_new_tokens=4096")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
