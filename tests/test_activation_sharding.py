@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
+from xla_flags import cpu_flags
 
 from justrl_jax.sharding import activation_mesh, batch_spec, constrain_logical, constrain_rows, make_mesh
 
@@ -57,7 +58,7 @@ print("COMPILED")
 @pytest.mark.slow  # a subprocess compiling four sharded programs: ~20-40 s on 2 loaded cores
 def test_sharded_train_step_compiles_without_full_rematerialisation():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = cpu_flags(4)
     env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # XLA's warnings are what this test reads
     # A cached executable is not compiled again, and only compiling prints the warning.
     env.pop("JAX_COMPILATION_CACHE_DIR", None)

@@ -23,6 +23,7 @@ import torch
 from gcs_emulator import GcsEmulator
 from tiny_run import read_jsonl
 from transformers import AutoModelForCausalLM
+from xla_flags import cpu_flags
 
 from justrl_jax.checkpoint import complete_steps, read_meta
 from justrl_jax.convert import convert
@@ -40,7 +41,7 @@ TIMEOUT_S = 1800  # a guard against a hang only (each wait is for a state): a lo
 def _env(cache_dir) -> dict:
     return {
         **os.environ,  # STORAGE_EMULATOR_HOST and TENSORSTORE_GCS_HTTP_URL: the emulator
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": cpu_flags(1),
         "JAX_PLATFORMS": "cpu",
         "HF_HUB_OFFLINE": "1",
         # The test run's own cache (conftest) when there is one: test_resume's one-device CLI runs compile

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hf_reference import make_hf_qwen2
+from xla_flags import cpu_flags
 
 from justrl_jax.generate import GenerateConfig
 from justrl_jax.model.tiny_tokenizer import ChatStyle, save_tiny_tokenizer
@@ -25,7 +26,7 @@ def _run(*args):
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
-        env={**os.environ, "XLA_FLAGS": ""},
+        env={**os.environ, "XLA_FLAGS": cpu_flags(1)},
     )
 
 
@@ -135,7 +136,7 @@ def mesh_case(tmp_path_factory):
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        env={**os.environ, "XLA_FLAGS": cpu_flags(4)},
     )
     assert res.returncode == 0, res.stderr
     return common, sharded

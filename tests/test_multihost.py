@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 from flax import nnx
+from xla_flags import cpu_flags
 
 from justrl_jax.model.source import load_policy
 
@@ -31,7 +32,7 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = cpu_flags(devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["HF_HUB_OFFLINE"] = "1"
     return env

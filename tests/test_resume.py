@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 from tiny_run import read_jsonl
+from xla_flags import cpu_flags
 
 from justrl_jax.checkpoint import complete_steps, read_meta
 from justrl_jax.model.source import load_policy
@@ -43,7 +44,7 @@ def _env(cache_dir: Path) -> dict:
     # (test_gcs_run, test_run_dir) compile the same RL programs.
     return {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": cpu_flags(1),
         "JAX_PLATFORMS": "cpu",
         "HF_HUB_OFFLINE": "1",
         "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", str(cache_dir)),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from tiny_run import make_tiny_model_dir, read_jsonl, write_dapo_parquet
+from xla_flags import cpu_flags
 
 from justrl_jax.checkpoint import complete_steps
 from justrl_jax.run_dir import LOCK_FILE, RunDirError, RunDirLock
@@ -23,7 +24,7 @@ TIMEOUT_S = 1800  # a guard against a hang only (each wait is for a state): a lo
 
 
 def _env() -> dict:
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    return {**os.environ, "XLA_FLAGS": cpu_flags(1), "JAX_PLATFORMS": "cpu"}
 
 
 def _train(run_dir, *sets, config=None) -> list[str]:
