@@ -244,7 +244,10 @@ def test_no_process_outlives_an_exception_in_the_with_block():
 
 
 _TRAINER_LIKE_SCRIPT = textwrap.dedent("""
-    import json, sys, time
+    import json, signal, sys, time
+    # Ctrl-C raises KeyboardInterrupt as in a terminal, however pytest was started: a background job of a
+    # shell without job control inherits SIGINT ignored, and Python then installs no handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if sys.argv[1] == "with-jax":
         import jax  # noqa: F401  (the trainer's process imports JAX; its verifier workers must not)
     from justrl_jax.verifier import Verifier, VerifierConfig, VerifierMode
