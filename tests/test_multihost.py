@@ -55,20 +55,26 @@ def _train_cmd(run_dir, *extra):
     ]
 
 
-def _launch_pair(run_dir, *extra):
+def _launch_pair(run_dir, logs, *extra):
+    """Two processes of one run; each writes its output to a file of ``logs`` (a pipe nobody reads while the
+    test waits for a state would block a process once its output passes the pipe's buffer)."""
     port = _free_port()
-    return [
-        subprocess.Popen(
-            _train_cmd(
-                run_dir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i), *extra
-            ),
-            env=_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    procs = []
+    for i, log in enumerate(logs):
+        with open(log, "w") as out:  # the child holds its own copy of the descriptor
+            procs.append(
+                subprocess.Popen(
+                    _train_cmd(
+                        run_dir,
+                        *("--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
+                        *extra,
+                    ),
+                    env=_env(2),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return procs
 
 
 def _params(run_dir):
@@ -81,8 +87,11 @@ def _params(run_dir):
 
 def test_two_processes_match_one_process(tmp_path):
     multi, single = tmp_path / "multi", tmp_path / "single"
-    procs = _launch_pair(multi)
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+    procs = _launch_pair(multi, logs)
+    for p in procs:
+        p.wait(timeout=600)
+    outs = [log.read_text() for log in logs]
     # The reference runs after the pair: on a 2-core machine a third busy process can delay one of the
     # pair past gloo's 30 s rendezvous deadline. It starts from the very model the pair started from:
     # the demo's warm start is itself a (device-count dependent) XLA computation, and two builds of it
@@ -116,20 +125,25 @@ def test_a_dead_host_fails_the_other(tmp_path):
     timeout_s = 20
     sets = ["loop.total_steps=100000", f"loop.distributed_timeout_s={timeout_s}", "demo.sft_steps=0"]
     # No warm start: what dies mid-run is the point, not what the model has learnt.
-    procs = _launch_pair(tmp_path / "run", *[a for s in sets for a in ("--set", s)])
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+    procs = _launch_pair(tmp_path / "run", logs, *[a for s in sets for a in ("--set", s)])
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
         assert time.time() < deadline, "the pair never completed a step"
-        assert all(p.poll() is None for p in procs), procs[0].communicate()[0]
+        assert all(p.poll() is None for p in procs), logs[0].read_text() + logs[1].read_text()
         time.sleep(0.5)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.time()
+    procs[1].wait()
     try:
         procs[0].wait(timeout=3 * timeout_s + 30)
     finally:
         if procs[0].poll() is None:
             procs[0].kill()
+            procs[0].wait()
     elapsed = time.time() - killed
-    assert procs[0].returncode not in (0, None), "the surviving process must fail, not succeed or hang"
+    assert procs[0].returncode not in (0, None), "the surviving process must fail, not succeed or hang: " + (
+        logs[0].read_text()
+    )
     assert elapsed < 3 * timeout_s + 30
