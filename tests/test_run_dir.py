@@ -51,7 +51,7 @@ def _wait_for(condition, proc, what: str) -> None:
 
 def test_the_lock_names_its_holder_and_a_sigkill_releases_it(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen(
+    with subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -61,12 +61,12 @@ def test_the_lock_names_its_holder_and_a_sigkill_releases_it(tmp_path):
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    assert holder.stdout.readline() == "held\n"
-    with pytest.raises(RunDirError, match=f"is in use by another run \\(host .+, pid {holder.pid}, started 20"):
-        RunDirLock(run).acquire()
-    holder.kill()  # SIGKILL: no cleanup runs, the OS drops the lock with the process
-    holder.wait()
+    ) as holder:  # leaving it waits for the process and closes its pipes
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunDirError, match=f"is in use by another run \\(host .+, pid {holder.pid}, started 20"):
+            RunDirLock(run).acquire()
+        holder.kill()  # SIGKILL: no cleanup runs, the OS drops the lock with the process
+        holder.wait()
     with RunDirLock(run) as lock:
         record = json.loads((run / LOCK_FILE).read_text())
         assert record["pid"] == os.getpid() and lock.created is None

@@ -270,33 +270,33 @@ def test_trainer_process_leaves_no_orphans(tmp_path, how):
     script = tmp_path / "trainer_like.py"
     script.write_text(_TRAINER_LIKE_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, str(script), {"ctrl-c": "with-jax"}.get(how, how)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         cwd=tmp_path,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
-        report = json.loads(line)
-        assert len(report["pids"]) == 2
-        for packages in report["packages"]:
-            assert "jax" not in packages and "sympy" in packages
-        if how != "exit":
-            proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
-        proc.wait(timeout=30)
-        if how == "ctrl-c":
-            assert "KeyboardInterrupt" in proc.stderr.read()
-        if how == "exit":
-            assert proc.returncode == 0, proc.stderr.read()
-        assert _wait_gone(report["pids"], timeout=5.0)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:  # leaving it waits for the process and closes its pipes
+        try:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            report = json.loads(line)
+            assert len(report["pids"]) == 2
+            for packages in report["packages"]:
+                assert "jax" not in packages and "sympy" in packages
+            if how != "exit":
+                proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+            proc.wait(timeout=30)
+            if how == "ctrl-c":
+                assert "KeyboardInterrupt" in proc.stderr.read()
+            if how == "exit":
+                assert proc.returncode == 0, proc.stderr.read()
+            assert _wait_gone(report["pids"], timeout=5.0)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_closed_verifier_rejects_work():

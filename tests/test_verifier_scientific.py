@@ -15,7 +15,10 @@ import pytest
 from justrl_jax.verifier import robust_verdict
 from justrl_jax.verifier.normalize import scientific_notation
 
-GOLDS = [json.loads(line) for line in (Path(__file__).parent / "data" / "minerva_e_notation_golds.jsonl").open()]
+GOLDS = [
+    json.loads(line)
+    for line in (Path(__file__).parent / "data" / "minerva_e_notation_golds.jsonl").read_text().splitlines()
+]
 _SPLIT = re.compile(r"^([0-9.]+)[eE]([+-]?[0-9]+)$")
 
 
