@@ -299,10 +299,13 @@ def _merge_micro(x, mesh: Mesh | None):
     return _constrain(x, mesh, PartitionSpec(_BATCH_AXIS))
 
 
-def _merge(graphdef, params, cfg: TrainConfig):
+def _forward(graphdef, params, cfg: TrainConfig, mesh: Mesh | None, x: TrainBatch):
+    """The policy's final hidden states of ``x`` and its [D, V] unembedding, as every scoring pass needs them."""
     model = nnx.merge(graphdef, params, copy=True)  # fresh Variables owned by this trace (scan, remat)
     model.remat = cfg.remat  # per-layer rematerialisation is a flag of the model; the config decides
-    return model
+    with activation_mesh(mesh):  # anchors the hidden states to the batch layout (see constrain_rows)
+        hidden, _ = model(x.tokens, x.positions, x.attn_mask)
+    return hidden, model.unembed()
 
 
 def _check_batch(batch: TrainBatch, cfg: TrainConfig, need_old: bool) -> tuple[int, int]:
@@ -342,12 +345,10 @@ def make_compute_logps(
     with_ref = cfg.loss.kl_coef > 0
 
     def scored(params, x: TrainBatch):
-        model = _merge(graphdef, params, cfg)
-        with activation_mesh(mesh):
-            hidden, _ = model(x.tokens, x.positions, x.attn_mask)
+        hidden, unembed = _forward(graphdef, params, cfg, mesh, x)
         if x.target_index is not None:  # packed rows: only the response positions are unembedded
-            return target_logps(hidden, model.unembed(), x.tokens, x.target_index, cfg.logp_chunk_size)
-        return sequence_logps(hidden, model.unembed(), x.tokens, cfg.logp_chunk_size, start=x.completion_start)
+            return target_logps(hidden, unembed, x.tokens, x.target_index, cfg.logp_chunk_size)
+        return sequence_logps(hidden, unembed, x.tokens, cfg.logp_chunk_size, start=x.completion_start)
 
     def compute(state: TrainState, batch: TrainBatch, ref_params=None) -> LogpResult:
         n, s = _check_batch(batch, cfg, need_old=False)
@@ -396,12 +397,10 @@ def make_train_step(
     dp = data_parallel_size(mesh) if mesh is not None else 1
 
     def loss_fn(params, x: TrainBatch):
-        model = _merge(graphdef, params, cfg)
-        with activation_mesh(mesh):  # anchors the hidden states to the batch layout (see constrain_rows)
-            hidden, _ = model(x.tokens, x.positions, x.attn_mask)
+        hidden, unembed = _forward(graphdef, params, cfg, mesh, x)
         return fused_policy_loss(
             hidden,
-            model.unembed(),
+            unembed,
             x.tokens,
             x.old_logps,
             x.advantages,
