@@ -449,7 +449,7 @@ class Sampler:
         keys = row_key_data(key, rows) if row_keys is None else _check_row_keys(row_keys, rows)
         done = None if on_row_done is None else _row_callback(on_row_done)
 
-        params = decode_weights(reshard_params(params, self.mesh), compute_dtype)
+        params = self._decoding_params(params, compute_dtype)
         if self.config.scheduler == "continuous":
             tokens, sampled_logps, lengths, eos = self.batcher.run(
                 params,
@@ -502,10 +502,14 @@ class Sampler:
         width = _round_up(int(mask.sum(axis=1).max()), self.config.prompt_bucket)
         rows = ids.shape[0] * n
         return self.batcher.warm_up(
-            decode_weights(reshard_params(params, self.mesh), compute_dtype),
+            self._decoding_params(params, compute_dtype),
             width,
             **self._pool_args(model_cfg, compute_dtype, rows, width),
         )
+
+    def _decoding_params(self, params: nnx.State, compute_dtype) -> nnx.State:
+        """The weights as decoding reads them: on the sampler's mesh, in the compute dtype."""
+        return decode_weights(reshard_params(params, self.mesh), compute_dtype)
 
     def _placement(self, compute_dtype) -> tuple[int, int, jnp.dtype]:
         """(data-parallel size, KV-head shards, KV cache dtype) for this sampler's mesh and config."""
