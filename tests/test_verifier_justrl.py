@@ -10,9 +10,9 @@ these trusted strings, never here and never on model text).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from verifier_cases import data_rows
 
 from justrl_jax.verifier import VerdictStatus, Verifier, VerifierConfig, VerifierMode
 from justrl_jax.verifier.justrl_parse import RefusedError, parse_plain
@@ -24,16 +24,11 @@ from justrl_jax.verifier.justrl_rule import (
     mathd_normalize,
 )
 
-CASES = [
-    json.loads(line) for line in (Path(__file__).parent / "data" / "justrl_rule_cases.jsonl").read_text().splitlines()
-]
+CASES = data_rows("justrl_rule_cases.jsonl")
 # Every gold of MATH-500, OlympiadBench and Minerva (JustRL's data/), with the released rule's two
 # normalisations of it (mathd_normalize_answer and _normalize, pylatexenc 2.11): LaTeX from fractions
 # and roots to matrices, accents, Greek letters and units, as the benchmarks write it.
-GOLDS = [
-    json.loads(line)
-    for line in (Path(__file__).parent / "data" / "justrl_normalized_golds.jsonl").read_text().splitlines()
-]
+GOLDS = data_rows("justrl_normalized_golds.jsonl")
 
 
 def test_fixture_covers_both_verdicts():
@@ -58,10 +53,7 @@ def test_matches_the_released_rule_on_benchmark_golds_and_their_rewrites():
     # 600 (response, gold) pairs from the golds above: a gold boxed after a rewrite (\\frac -> a/b,
     # \\sqrt{n} -> \\sqrt n, \\pi -> π, no \\left/\\right, a unit, parentheses, upper case, ...) or another
     # gold; 300 of them accepted by the SymPy step only. ``correct``: the released rule, recorded offline.
-    pairs = [
-        json.loads(line)
-        for line in (Path(__file__).parent / "data" / "justrl_rule_benchmark_pairs.jsonl").read_text().splitlines()
-    ]
+    pairs = data_rows("justrl_rule_benchmark_pairs.jsonl")
     wrong = [(p["response"], p["gold"]) for p in pairs if justrl_grade(p["response"], p["gold"])[0] != p["correct"]]
     assert len(pairs) == 600 and wrong == []
 

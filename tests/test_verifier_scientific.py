@@ -6,19 +6,15 @@
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import pytest
+from verifier_cases import data_rows
 
 from justrl_jax.verifier import robust_verdict
 from justrl_jax.verifier.normalize import scientific_notation
 
-GOLDS = [
-    json.loads(line)
-    for line in (Path(__file__).parent / "data" / "minerva_e_notation_golds.jsonl").read_text().splitlines()
-]
+GOLDS = data_rows("minerva_e_notation_golds.jsonl")
 _SPLIT = re.compile(r"^([0-9.]+)[eE]([+-]?[0-9]+)$")
 
 

@@ -28,3 +28,9 @@ def load_cases() -> list[dict]:
                     case["response"] = build["prefix"] + build["repeat"] * build["times"] + build["suffix"]
                 cases.append(case)
     return cases
+
+
+def data_rows(name: str) -> list[dict]:
+    """The rows of the JSONL file ``tests/data/<name>`` (fixtures recorded from the released rule and benchmarks)."""
+    text = (Path(__file__).resolve().parent / "data" / name).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
