@@ -176,7 +176,7 @@ def _decode_line(args, sampler: Sampler, params, cfg) -> str:
     # compute dtype where that is narrower than the stored dtype).
     compute = jnp.dtype(args.dtype).itemsize
     weight_bytes = sum(x.size * min(x.dtype.itemsize, compute) for x in jax.tree.leaves(params))
-    kv_token = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(args.dtype).itemsize
+    kv_token = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * compute
     mean_context = args.prompt + args.new_tokens / 2
     traffic = steps * weight_bytes + st.decode_tokens * mean_context * kv_token
     line = (

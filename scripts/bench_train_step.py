@@ -201,7 +201,7 @@ def main():
         "--remat",
         action="store_true",
         help="per-layer rematerialisation on both sides (JustRL's gradient checkpointing; the peer through "
-        "transformers' gradient_checkpointing_enable)",
+        "transformers' activation checkpointing)",
     )
     ap.add_argument(
         "--score-prompt",
